@@ -1,0 +1,65 @@
+"""Tokenizers share one small interface; `load_tokenizer` turns a config string into one.
+
+Every tokenizer has `encode(text) -> list[int]` (no special tokens added), `decode(ids) -> str`,
+`vocab_size`, `special_tokens` (name -> id), and `save(directory)`. A saved tokenizer directory
+holds `tokenizer.json` whose "kind" field says which class loads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from foundations.tokenizers.byte import ByteTokenizer
+
+TOKENIZER_META = "tokenizer.json"
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    special_tokens: dict[str, int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+def _loaders():
+    """kind -> callable(directory) -> Tokenizer. Imported lazily so optional kinds cost nothing."""
+    loaders = {"byte": ByteTokenizer.load}
+    try:
+        from foundations.tokenizers.bpe import BPETokenizer
+        loaders["bpe"] = BPETokenizer.load
+    except ImportError:
+        pass
+    try:
+        from foundations.tokenizers.spm import SentencePieceTokenizer
+        loaders["spm"] = SentencePieceTokenizer.load
+    except ImportError:
+        pass
+    try:
+        from foundations.tokenizers.wordpiece import WordPieceTokenizer
+        loaders["wordpiece"] = WordPieceTokenizer.load
+    except ImportError:
+        pass
+    return loaders
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """`"byte"` gives the byte-level tokenizer; anything else is a directory written by `save`."""
+    if spec == "byte":
+        return ByteTokenizer()
+    directory = Path(spec)
+    meta_file = directory / TOKENIZER_META
+    if not meta_file.is_file():
+        raise ValueError(
+            f"tokenizer {spec!r}: expected 'byte' or a directory holding {TOKENIZER_META} "
+            f"(made by `foundations tokenize train`); {meta_file} does not exist")
+    kind = json.loads(meta_file.read_text())["kind"]
+    loaders = _loaders()
+    if kind not in loaders:
+        raise ValueError(f"tokenizer {spec!r}: unknown kind {kind!r}; known: {sorted(loaders)}")
+    return loaders[kind](directory)
