@@ -1,0 +1,99 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Mesh axes: `data` (replicas that split the batch), `fsdp` (split the batch *and* shard parameters
+and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and vocabulary
+inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py) meet the
+rules below; the first rule for a name whose mesh axis is still free on that array wins.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from foundations.config import ConfigError, MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or None: replicated). Activations use `act_*` names so that the
+# model dimension of an activation stays whole while the same dimension of a weight is sharded.
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("position", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all); one size may be -1 to fill."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be positive "
+                          "(at most one may be -1, meaning 'the remaining devices')")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if len(devices) % known:
+            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                          f"but {len(devices)} are available; set mesh.data/fsdp/tensor so their "
+                          "product matches")
+    if len(devices) == len(jax.devices()):
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                             devices=devices)
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_shardings(logical_specs, mesh: Mesh):
+    """Logical PartitionSpecs (a tree) -> NamedShardings on `mesh` through RULES."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, RULES)
+
+
+def check_divisible(abstract_tree, shardings, what: str = "parameter") -> None:
+    """Raises a ConfigError naming the array and axis when a dimension does not split evenly."""
+    def check(path, leaf, sharding):
+        for dim, (size, axes) in enumerate(zip(leaf.shape, sharding.spec)):
+            if axes is None:
+                continue
+            axes = axes if isinstance(axes, tuple) else (axes,)
+            parts = math.prod(sharding.mesh.shape[a] for a in axes)
+            if size % parts:
+                name = jax.tree_util.keystr(path, simple=True, separator="/")
+                raise ConfigError(f"{what} {name} has shape {tuple(leaf.shape)}: dimension {dim} "
+                                  f"({size}) does not divide by mesh axes {axes} ({parts} ways)")
+    jax.tree_util.tree_map_with_path(check, abstract_tree, shardings)
+
+
+def batch_sharding(mesh: Mesh, leading_unsharded: int = 0) -> NamedSharding:
+    """Batch arrays split their example axis over (data, fsdp); `leading_unsharded` axes stay whole
+    (e.g. the microbatch axis of gradient accumulation)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading_unsharded), BATCH_AXES))
+
+
+def batch_parallelism(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,174 @@
+"""The compiled pieces of training on a mesh: state layout, init, train step and eval step.
+
+The training state is a plain dict {step, params, opt_state, rng}. Parameter shardings come from
+the logical axis names the model declares and the rules table; optimizer moments that mirror the
+parameters get the same shardings; everything else is replicated. The step functions are jitted
+with those shardings, so the same code runs on 1 device or a (data, fsdp, tensor) mesh.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from foundations.config import Config, ConfigError, ModelConfig
+from foundations.models.decoder import Decoder
+from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding, check_divisible,
+                                       logical_shardings, replicated)
+from foundations.train.optim import make_optimizer
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token negative log-likelihood in float32 (the causal LM loss, in nats)."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), targets).mean()
+
+
+class Trainer:
+    """Model, optimizer and shardings for one config on one mesh, with jitted steps."""
+
+    def __init__(self, config: Config, model_cfg: ModelConfig, mesh: Mesh):
+        self.config, self.model_cfg, self.mesh = config, model_cfg, mesh
+        self.seq_len = config.data.seq_len
+        self.grad_accum = config.train.grad_accum
+        self._check_batch(config.train.batch_size)
+        self.model = Decoder(model_cfg)
+        self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
+                                                config.train.steps)
+        self.counts = param_counts(model_cfg)
+        self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len)
+
+        abstract = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0))
+        param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
+        abstract_params = nn.unbox(abstract["params"])
+        check_divisible(abstract_params, param_shardings)
+        self.state_shardings = {
+            "step": replicated(mesh),
+            "params": param_shardings,
+            "opt_state": _shardings_like_params(abstract["opt_state"], abstract_params,
+                                                param_shardings, replicated(mesh)),
+            "rng": replicated(mesh),
+        }
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            nn.unbox(abstract), self.state_shardings)
+        self.batch_sharding = batch_sharding(mesh, leading_unsharded=1)
+        self._init = jax.jit(lambda rng: nn.unbox(self._init_boxed(rng)),
+                             out_shardings=self.state_shardings)
+        self._train_step = jax.jit(self._step, donate_argnums=0,
+                                   in_shardings=(self.state_shardings, self.batch_sharding),
+                                   out_shardings=(self.state_shardings, replicated(mesh)))
+        self._eval_step = jax.jit(self._eval, out_shardings=replicated(mesh),
+                                  in_shardings=(param_shardings, batch_sharding(mesh)))
+        self._logits = jax.jit(self._last_logits, out_shardings=replicated(mesh))
+
+    # ---------------------------------------------------------------- setup
+    def _check_batch(self, batch_size: int) -> None:
+        micro = batch_size // self.grad_accum
+        ways = batch_parallelism(self.mesh)
+        if micro % ways:
+            raise ConfigError(
+                f"train.batch_size={batch_size} / train.grad_accum={self.grad_accum} = {micro} "
+                f"sequences per microbatch does not divide over mesh.data x mesh.fsdp = {ways}")
+        if micro % jax.process_count():
+            raise ConfigError(f"{micro} sequences per microbatch do not divide over "
+                              f"{jax.process_count()} processes")
+
+    def _init_boxed(self, rng):
+        params_rng, dropout_rng = jax.random.split(rng)
+        dummy = jnp.zeros((batch_parallelism(self.mesh), self.seq_len), jnp.int32)
+        params = self.model.init(params_rng, dummy)["params"]
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": self.tx.init(nn.unbox(params)), "rng": dropout_rng}
+
+    def init_state(self, seed: int | None = None):
+        """Fresh parameters and optimizer state, laid out by `state_shardings`. (Traced outside the
+        mesh context: DenseGeneral initialises flat kernels that the 3-D logical names don't fit.)"""
+        seed = self.config.train.seed if seed is None else seed
+        return self._init(jax.random.PRNGKey(seed))
+
+    # ---------------------------------------------------------------- steps
+    def _loss(self, params, tokens, rng):
+        deterministic = self.model_cfg.dropout == 0.0
+        logits = self.model.apply({"params": params}, tokens[:, :-1], deterministic=deterministic,
+                                  rngs=None if deterministic else {"dropout": rng})
+        return cross_entropy(logits, tokens[:, 1:])
+
+    def _step(self, state, batch):
+        """One optimizer step on a batch of shape (grad_accum, micro_batch, seq_len + 1)."""
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        grad_fn = jax.value_and_grad(self._loss)
+        if self.grad_accum == 1:
+            loss, grads = grad_fn(state["params"], batch[0], rng)
+        else:
+            def accumulate(carry, micro):
+                index, tokens = micro
+                loss, grads = grad_fn(state["params"], tokens, jax.random.fold_in(rng, index))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+            zeros = (jnp.zeros((), jnp.float32),
+                     jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]))
+            (loss, grads), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(self.grad_accum), batch))
+            loss, grads = jax.tree.map(lambda x: x / self.grad_accum, (loss, grads))
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                     "rng": state["rng"]}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": self.schedule(state["step"])}
+        return new_state, metrics
+
+    def _eval(self, params, batch):
+        return self._loss(params, batch, None)
+
+    def _last_logits(self, params, tokens, index):
+        """Logits at position `index` of each row: what the next token should be."""
+        logits = self.model.apply({"params": params}, tokens)
+        return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False)
+
+    def _in_mesh(self, fn):
+        def call(*args):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(RULES):
+                return fn(*args)
+        return call
+
+    # ---------------------------------------------------------------- public
+    def put_batch(self, local_rows: np.ndarray) -> jax.Array:
+        """This process's rows (rows, seq_len + 1) -> a global (grad_accum, micro, seq_len + 1)
+        array sharded over the batch axes."""
+        rows = local_rows.shape[0]
+        local = local_rows.reshape(self.grad_accum, rows // self.grad_accum, -1)
+        global_shape = (self.grad_accum, rows * jax.process_count() // self.grad_accum,
+                        local.shape[-1])
+        return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
+
+    def train_step(self, state, batch):
+        return self._in_mesh(self._train_step)(state, batch)
+
+    def eval_loss(self, params, local_rows: np.ndarray) -> float:
+        """Mean loss over one batch; rows must divide over the batch axes."""
+        global_shape = (local_rows.shape[0] * jax.process_count(), local_rows.shape[1])
+        batch = jax.make_array_from_process_local_data(batch_sharding(self.mesh), local_rows,
+                                                       global_shape)
+        return float(self._in_mesh(self._eval_step)(params, batch))
+
+    def next_token_logits(self, params, tokens: np.ndarray, index: int) -> np.ndarray:
+        return np.asarray(self._in_mesh(self._logits)(params, jnp.asarray(tokens),
+                                                     jnp.int32(index)))
+
+
+def _shardings_like_params(opt_state, abstract_params, param_shardings, default):
+    """Optimizer-state subtrees shaped like the params (Adam's moments) get the params' shardings;
+    every other leaf (step counts) gets `default`."""
+    params_structure = jax.tree.structure(abstract_params)
+
+    def is_params_like(node) -> bool:
+        return jax.tree.structure(node) == params_structure
+
+    return jax.tree.map(lambda node: param_shardings if is_params_like(node) else default,
+                        opt_state, is_leaf=is_params_like)
