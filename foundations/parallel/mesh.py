@@ -43,7 +43,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over `devices` (default: all); one size may be -1 to fill."""
+    """A (data, fsdp, tensor) mesh over the first prod(sizes) of `devices` (default: all);
+    one size may be -1: all the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -54,10 +55,11 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         if len(devices) % known:
             raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known}")
         sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
+    if math.prod(sizes) > len(devices):
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                           f"but {len(devices)} are available; set mesh.data/fsdp/tensor so their "
                           "product matches")
+    devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
     if len(devices) == len(jax.devices()):
         return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                              devices=devices)

@@ -119,7 +119,7 @@ class Trainer:
         params = optax.apply_updates(state["params"], updates)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": self.schedule(state["step"])}
         return new_state, metrics
 
@@ -158,8 +158,13 @@ class Trainer:
         return float(self._in_mesh(self._eval_step)(params, batch))
 
     def next_token_logits(self, params, tokens: np.ndarray, index: int) -> np.ndarray:
-        return np.asarray(self._in_mesh(self._logits)(params, jnp.asarray(tokens),
-                                                     jnp.int32(index)))
+        """Logits after position `index` for each row of `tokens` (rows, seq_len). Rows are
+        repeated up to a multiple of the batch axes so any count runs on any mesh."""
+        rows = tokens.shape[0]
+        ways = batch_parallelism(self.mesh)
+        padded = np.resize(tokens, (-(-rows // ways) * ways, tokens.shape[1]))
+        logits = self._in_mesh(self._logits)(params, jnp.asarray(padded), jnp.int32(index))
+        return np.asarray(logits)[:rows]
 
 
 def _shardings_like_params(opt_state, abstract_params, param_shardings, default):

@@ -1,0 +1,125 @@
+"""`foundations` command line: train, eval, generate (and the other issues' sub-commands).
+
+Configuration problems (unknown key, wrong type, a batch that does not divide the mesh, a missing
+or non-UTF-8 data file, a corrupt checkpoint) print one line naming the problem and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args) -> None:
+    from foundations.config import load_config
+    from foundations.train.loop import train
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    summary = train(config, run_dir, progress=not args.no_progress)
+    print(f"\nrun directory: {run_dir}")
+    print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
+          f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
+    if summary["sample"]:
+        print(f"sample:\n{summary['sample']}")
+
+
+def _eval(args) -> None:
+    from foundations.data.pipeline import expand_files, tokenize_files
+    from foundations.inference.evaluate import evaluate
+    from foundations.train.loop import load_run
+    config, data, trainer, state = load_run(args.run_dir, args.overrides)
+    tokens, n_bytes = tokenize_files(expand_files(args.files), data.tokenizer)
+    batch = args.batch_size or config.train.batch_size
+    result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
+                      args.max_batches)
+    step = int(state["step"])
+    print(f"{', '.join(args.files)} at step {step}: loss {result['val_loss']:.4f}, "
+          f"perplexity {result['val_ppl']:.2f}, bits per byte {result['val_bpb']:.3f}")
+
+
+def _generate(args) -> None:
+    from foundations.train.loop import load_run, sample_text
+    config, data, trainer, state = load_run(args.run_dir, args.overrides)
+    for i in range(args.num_samples):
+        text = sample_text(trainer, state["params"], data.tokenizer, args.prompt,
+                           args.max_new_tokens, args.temperature, args.seed + i)
+        print(text)
+        if i + 1 < args.num_samples:
+            print("-" * 40)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foundations", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML file, e.g. experiments/smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=80")
+    p.add_argument("--run-dir", help="output directory (default runs/<config name>); "
+                                     "an existing one is resumed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run on text")
+    p.add_argument("files", nargs="+", help="text files or directories of *.txt")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--batch-size", type=int, default=0, help="default: the run's batch size")
+    p.add_argument("--max-batches", type=int, default=0, help="0: the whole text")
+    p.add_argument("--override", dest="overrides", action="append", default=[],
+                   help="section.key=value applied to the run's config")
+    p.set_defaults(func=_eval)
+
+    p = commands.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", dest="overrides", action="append", default=[],
+                   help="section.key=value applied to the run's config")
+    p.set_defaults(func=_generate)
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands) -> None:
+    """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
+    try:
+        from foundations.tokenizers.cli import add_tokenize_parser
+        add_tokenize_parser(commands)
+    except ImportError:
+        pass
+    try:
+        from foundations.scaling.cli import add_fit_parser, add_plot_parser, add_sweep_parser
+        add_sweep_parser(commands)
+        add_fit_parser(commands)
+        add_plot_parser(commands)
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from foundations.config import ConfigError
+    parser = build_parser()
+    # Overrides may come after options (`train X.yaml --run-dir D train.steps=80`), which
+    # argparse's positional matching does not allow; collect such key=value words ourselves.
+    args, extra = parser.parse_known_args(argv)
+    stray = [word for word in extra if word.startswith("-") or "=" not in word]
+    if stray or (extra and not hasattr(args, "overrides")) or args.command != "train" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    try:
+        from foundations.train.checkpoint import CheckpointError
+        args.func(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"foundations {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The training loop: data -> steps -> metrics, evaluation and checkpoints; resumes by itself.
+
+`train(config, run_dir)` is what `foundations train` runs. A run directory holds the resolved
+config, metrics.jsonl, TensorBoard events and Orbax checkpoints; running again on the same
+directory continues from the latest checkpoint with the same data order and random numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from foundations.config import Config, ConfigError, resolved_model, save_config
+from foundations.data.pipeline import TextData, load_text_data, train_iterator
+from foundations.inference.evaluate import evaluate
+from foundations.inference.generate import generate
+from foundations.parallel.mesh import make_mesh
+from foundations.train import checkpoint
+from foundations.train.metrics import MetricsWriter, peak_flops_per_device
+from foundations.train.trainer import Trainer
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        tqdm.write(message)
+
+
+def build(config: Config, mesh=None, data: TextData | None = None):
+    """Data, resolved model config and Trainer for `config` (mesh from config.mesh by default)."""
+    data = data or load_text_data(config.data)
+    model_cfg = resolved_model(config, data.tokenizer.vocab_size)
+    mesh = mesh if mesh is not None else make_mesh(config.mesh)
+    return data, Trainer(config, model_cfg, mesh)
+
+
+def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
+          stop_at: int | None = None) -> dict:
+    """Trains to config.train.steps (resuming from run_dir's checkpoints); returns a summary.
+
+    `stop_at` ends the run early after that step with a checkpoint, as a preemption would."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data, trainer = build(config, mesh)
+    tc = config.train
+    if jax.process_index() == 0:
+        save_config(config, run_dir / "config.yaml")
+    iterator = train_iterator(data.train_tokens, config.data.seq_len, tc.batch_size,
+                              config.data.shuffle_seed, jax.process_index(), jax.process_count())
+    manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
+    start = manager.latest_step() or 0
+    if start:
+        state = checkpoint.restore(manager, start, trainer.abstract_state, iterator)
+        log(f"resumed from {run_dir / 'checkpoints' / str(start)}")
+    else:
+        state = trainer.init_state()
+    counts = trainer.counts
+    log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
+        f"mesh {dict(trainer.mesh.shape)}, {data.train_tokens.size:,} training tokens")
+
+    writer = MetricsWriter(run_dir, resume_step=start)
+    tokens_per_step = tc.batch_size * config.data.seq_len
+    peak = peak_flops_per_device(tc.peak_flops) * trainer.mesh.size
+    bar = tqdm(total=tc.steps, initial=start, disable=not progress or jax.process_index() != 0,
+               dynamic_ncols=True, desc="train")
+    timer_start, timer_steps, val = None, 0, {}
+    for step in range(start + 1, tc.steps + 1):
+        batch = trainer.put_batch(next(iterator))
+        state, metrics = trainer.train_step(state, batch)
+        if timer_start is None:  # the first step compiles; time from the end of it
+            jax.block_until_ready(metrics)
+            timer_start, timer_steps = time.perf_counter(), 0
+        else:
+            timer_steps += 1
+        last = step == tc.steps or step == stop_at
+        if step % tc.log_every == 0 or last:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - timer_start
+            if timer_steps:
+                tps = timer_steps * tokens_per_step / elapsed
+                metrics["tokens_per_sec"] = tps
+                if peak:
+                    metrics["mfu"] = tps * trainer.flops_per_token / peak
+                timer_start, timer_steps = time.perf_counter(), 0
+            metrics["tokens"] = step * tokens_per_step
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; "
+                                         "lower optimizer.lr or raise schedule.warmup_steps")
+            writer.write(step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                            tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}", refresh=False)
+        if (tc.eval_every and step % tc.eval_every == 0) or last:
+            val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
+                           tc.batch_size, tc.eval_batches)
+            writer.write(step, {**val, "tokens": step * tokens_per_step})
+            log(f"step {step}: val_loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
+                f"bpb {val['val_bpb']:.3f}")
+            timer_start = None  # evaluation time is not training time
+        if (config.checkpoint.every and step % config.checkpoint.every == 0) or last:
+            checkpoint.save(manager, step, state, iterator)
+        bar.update(1)
+        if step == stop_at:
+            break
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+    if not val:  # nothing left to train: report on the restored model
+        val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
+                       tc.batch_size, tc.eval_batches)
+    sample = ""
+    if tc.sample_tokens:
+        sample = sample_text(trainer, state["params"], data.tokenizer, tc.sample_prompt,
+                             tc.sample_tokens, tc.sample_temperature, tc.seed)
+    summary = {"step": int(jax.device_get(state["step"])), **val, "sample": sample}
+    if jax.process_index() == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
+                temperature: float, seed: int) -> str:
+    ids = generate(trainer, params, tokenizer.encode(prompt), max_new_tokens, temperature, seed,
+                   vocab_size=tokenizer.vocab_size, stop_id=getattr(tokenizer, "eos_id", None))
+    return prompt + tokenizer.decode(ids)
+
+
+def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool = True):
+    """The config, data and Trainer of a finished or running run, and its latest state.
+
+    By default the state is restored onto one device, whatever mesh trained it; pass
+    `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
+    from foundations.config import load_config  # local: keeps the module's imports at the top short
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = load_config(config_file, list(overrides))
+    devices = jax.devices()[:1] if single_device else None
+    if single_device:
+        config = dataclasses.replace(config, mesh=dataclasses.replace(
+            config.mesh, data=1, fsdp=1, tensor=1))
+    data, trainer = build(config, make_mesh(config.mesh, devices))
+    manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
+    step = manager.latest_step()
+    if step is None:
+        raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint")
+    state = checkpoint.restore(manager, step, trainer.abstract_state)
+    manager.close()
+    return config, data, trainer, state

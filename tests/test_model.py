@@ -1,0 +1,133 @@
+"""The decoder model: parameter counts, causality, RoPE, training to overfit, optimizer pieces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import pytest
+
+from foundations.config import Config, ModelConfig, OptimizerConfig, ScheduleConfig, resolved_model
+from foundations.models.decoder import Decoder
+from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.models.positions import apply_rope
+from foundations.train.loop import build
+from foundations.train.optim import decay_mask, learning_rate_schedule
+
+LLAMA_LIKE = dict(norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False,
+                  use_bias=False, num_kv_heads=2)
+
+
+def model_config(**kw) -> ModelConfig:
+    base = dict(num_layers=2, d_model=32, num_heads=4, max_seq_len=16, vocab_size=64)
+    m = ModelConfig(**{**base, **kw})
+    m.num_kv_heads = m.num_kv_heads or m.num_heads
+    m.head_dim = m.head_dim or m.d_model // m.num_heads
+    m.d_ff = m.d_ff or (4 * m.d_model if m.mlp == "gelu" else 96)
+    return m
+
+
+@pytest.mark.parametrize("kw", [{}, LLAMA_LIKE], ids=["gpt2", "llama"])
+def test_param_counts_match_a_real_init(kw):
+    cfg = model_config(**kw)
+    params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    counts = param_counts(cfg)
+    assert counts.total == total
+    embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    embedding += cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0
+    assert counts.non_embedding == total - embedding
+
+
+def test_flops_per_token_hand_count():
+    cfg = model_config(num_layers=1, d_model=8, num_heads=2, vocab_size=16, d_ff=32)
+    # kernels: q,k,v,o 4*8*8=256; mlp 8*32*2=512; head 8*16=128 -> 896 weights x 6 = 5376;
+    # attention 12 * layers(1) * T(10) * 8 = 960
+    assert train_flops_per_token(cfg, seq_len=10) == 6 * 896 + 960
+
+
+@pytest.mark.parametrize("kw", [{}, LLAMA_LIKE], ids=["gpt2", "llama"])
+def test_model_is_causal(kw):
+    cfg = model_config(**kw)
+    model = Decoder(cfg)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, cfg.vocab_size)
+    params = model.init(jax.random.PRNGKey(0), tokens)
+    changed = tokens.at[:, 7:].set((tokens[:, 7:] + 1) % cfg.vocab_size)
+    a, b = model.apply(params, tokens), model.apply(params, changed)
+    np.testing.assert_allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert np.abs(np.asarray(a[:, 7:] - b[:, 7:])).max() > 1e-3
+
+
+def test_rope_scores_depend_only_on_offset():
+    key_q, key_k = jax.random.split(jax.random.PRNGKey(0))
+    q = jax.random.normal(key_q, (1, 1, 1, 16))
+    k = jax.random.normal(key_k, (1, 1, 1, 16))
+
+    def score(m, n):
+        rq = apply_rope(q, jnp.array([[m]]), 10000.0)
+        rk = apply_rope(k, jnp.array([[n]]), 10000.0)
+        return float(jnp.sum(rq * rk))
+
+    assert score(3, 1) == pytest.approx(score(10, 8), rel=1e-5)
+    assert score(3, 1) == pytest.approx(score(102, 100), rel=1e-4)
+    assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+    # a rotation keeps the norm
+    np.testing.assert_allclose(jnp.linalg.norm(apply_rope(q, jnp.array([[57]]), 1e4)),
+                               jnp.linalg.norm(q), rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [[], ["model.norm=rmsnorm", "model.mlp=swiglu",
+                                        "model.positions=rope", "model.num_kv_heads=2",
+                                        "model.tie_embeddings=false", "model.use_bias=false"]],
+                         ids=["gpt2", "llama"])
+def test_tiny_model_overfits_one_batch(tiny_config, extra):
+    cfg = tiny_config("optimizer.lr=1e-2", "optimizer.weight_decay=0", "schedule.kind=constant",
+                      "schedule.warmup_steps=10", "model.d_model=64", "train.steps=300", *extra)
+    data, trainer = build(cfg)
+    state = trainer.init_state()
+    batch = trainer.put_batch(data.train_tokens[:8 * 33].reshape(8, 33))
+    losses = []
+    for _ in range(300):
+        state, metrics = trainer.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+        if losses[-1] < 0.1:
+            break
+    assert losses[0] > 4.0
+    assert losses[-1] < 0.1, f"loss after {len(losses)} steps: {losses[-1]}"
+
+
+def test_bf16_compute_keeps_fp32_params(tiny_config):
+    data, trainer = build(tiny_config("model.dtype=bfloat16"))
+    state = trainer.init_state()
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
+    batch = trainer.put_batch(data.train_tokens[:8 * 33].reshape(8, 33))
+    state, metrics = trainer.train_step(state, batch)
+    assert abs(float(metrics["loss"]) - np.log(trainer.model_cfg.vocab_size)) < 0.3
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("kind, checks", [
+    ("cosine", {0: 0.0, 10: 1.0, 60: 0.55, 110: 0.1}),
+    ("linear", {5: 0.5, 10: 1.0, 60: 0.55, 110: 0.1}),
+    ("constant", {10: 1.0, 110: 1.0}),
+    ("wsd", {10: 1.0, 80: 1.0, 90: 1.0, 100: 0.55, 110: 0.1}),
+])
+def test_schedules(kind, checks):
+    opt = OptimizerConfig(lr=1.0)
+    sched = ScheduleConfig(kind=kind, warmup_steps=10, min_lr_ratio=0.1, decay_fraction=0.18)
+    schedule = learning_rate_schedule(opt, sched, total_steps=110)
+    for step, lr in checks.items():
+        assert float(schedule(step)) == pytest.approx(lr, abs=1e-3), (kind, step)
+
+
+def test_weight_decay_mask_skips_norms_biases_embeddings():
+    cfg = resolved_model(Config(), 258)
+    params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
+    params = nn.unbox(params)
+    mask = decay_mask(OptimizerConfig())(params["params"])
+    flat = {jax.tree_util.keystr(p, simple=True, separator="/"): m
+            for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    assert flat["blocks/mlp/up/kernel"] and flat["blocks/attention/query/kernel"]
+    assert not flat["blocks/mlp/up/bias"] and not flat["blocks/attention_norm/LayerNorm_0/scale"]
+    assert not flat["token_embed/embedding"] and not flat["pos_embed/table/embedding"]
+    with_embeddings = decay_mask(OptimizerConfig(decay_embeddings=True))(params["params"])
+    assert with_embeddings["token_embed"]["embedding"]
