@@ -221,6 +221,10 @@ def test_corrupt_files_give_clear_errors(tmp_path):
         BPETokenizer.from_tiktoken_file(tmp_path / "bad.tiktoken")
     with pytest.raises(ValueError, match="does not exist"):
         load_tokenizer(str(tmp_path / "no_such_dir"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="broken.*kind"):
+        load_tokenizer(str(tmp_path / "broken"))
     with pytest.raises(ValueError, match="not in this vocabulary"):
         BPETokenizer.from_gpt2_files(GPT2_ENCODER, GPT2_VOCAB_BPE).decode([10**6])
 

@@ -68,7 +68,7 @@ def train_command(args) -> None:
 
 def piece_of(tokenizer, token_id: int) -> str:
     """Printable form of one token: a quoted string, or b'...' for bytes that are not whole UTF-8."""
-    if hasattr(tokenizer, "decode_bytes") or (tokenizer.kind == "byte" and token_id < 256):
+    if hasattr(tokenizer, "decode_bytes") or (getattr(tokenizer, "kind", None) == "byte" and token_id < 256):
         data = tokenizer.decode_bytes([token_id]) if hasattr(tokenizer, "decode_bytes") \
             else bytes([token_id])
         try:
