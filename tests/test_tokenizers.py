@@ -103,6 +103,15 @@ def test_incremental_trainer_matches_naive_loop():
     assert fast == slow
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text("aab", min_size=1, max_size=12), st.integers(1, 5), max_size=8))
+def test_incremental_trainer_matches_naive_loop_on_repetitive_words(words):
+    """Runs like "aaaa" and "abab" exercise overlapping and back-to-back merges."""
+    counts = {tuple(word.encode()): count for word, count in words.items()}
+    fast = learn_merges(counts, [bytes([b]) for b in range(256)], 12)
+    assert fast == naive_merges(counts, [bytes([b]) for b in range(256)], 12)
+
+
 # ----- the trainer -----------------------------------------------------------------------------
 
 def test_trainer_is_deterministic_and_ignores_file_order(tmp_path):

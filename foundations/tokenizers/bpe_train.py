@@ -73,23 +73,47 @@ def learn_merges(word_counts: dict[tuple[int, ...], int], vocab: list[bytes],
         vocab.append(left + right)
         spelled.add(left + right)
         merges.append(pair)
-        new_pairs = set()
+        new_pairs: set[Pair] = set()
         for index in pair_words.pop(pair):
-            word = words[index]
-            merged = merge_pair(word, pair, new_id)
-            if len(merged) == len(word):
+            merged = _merge_and_recount(words[index], pair, new_id, counts[index], pair_counts,
+                                        new_pairs)
+            if merged is None:
                 continue  # the index is lazy: this word lost the pair in an earlier merge
-            count = counts[index]
-            for old in zip(word, word[1:]):
-                pair_counts[old] -= count
+            words[index] = merged
             for new in zip(merged, merged[1:]):
-                pair_counts[new] += count
                 if new_id in new:
                     pair_words[new].add(index)
-                    new_pairs.add(new)
-            words[index] = merged
         del pair_counts[pair]
         for x, y in new_pairs:
             heapq.heappush(heap, (-pair_counts[x, y], vocab[x], vocab[y], x, y))
     return merges
 
+
+def _merge_and_recount(word: list[int], pair: Pair, new_id: int, count: int,
+                       pair_counts: dict[Pair, int], new_pairs: set[Pair]) -> list[int] | None:
+    """`merge_pair` on one word that also moves its `count` from the neighbour pairs a merge
+    destroys to the ones it creates (recorded in `new_pairs`). None if `pair` is not in the word.
+
+    Only the merged pair's neighbours change, so this costs O(merges) dict updates, not O(len(word)).
+    The merged pair's own count is left alone: the caller drops it after the last word.
+    """
+    first, second = pair
+    merged, i, n = [], 0, len(word)
+    while i < n:
+        if word[i] != first or i + 1 == n or word[i + 1] != second:
+            merged.append(word[i])
+            i += 1
+            continue
+        if i > 0:  # (x, first) becomes (x, new); x may itself be new if merges are back to back
+            pair_counts[word[i - 1], first] -= count
+            pair_counts[merged[-1], new_id] += count
+            new_pairs.add((merged[-1], new_id))
+        after = i + 2
+        next_is_merge = (after + 1 < n and word[after] == first and word[after + 1] == second)
+        if after < n and not next_is_merge:  # (second, y) becomes (new, y)
+            pair_counts[second, word[after]] -= count
+            pair_counts[new_id, word[after]] += count
+            new_pairs.add((new_id, word[after]))
+        merged.append(new_id)
+        i += 2
+    return merged if len(merged) < n else None
