@@ -58,7 +58,11 @@ def load_tokenizer(spec: str) -> Tokenizer:
         raise ValueError(
             f"tokenizer {spec!r}: expected 'byte' or a directory holding {TOKENIZER_META} "
             f"(made by `foundations tokenize train`); {meta_file} does not exist")
-    kind = json.loads(meta_file.read_text())["kind"]
+    try:
+        kind = json.loads(meta_file.read_text())["kind"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"tokenizer {spec!r}: {meta_file} is not a JSON object with a "
+                         f"\"kind\" field ({error!r})") from None
     loaders = _loaders()
     if kind not in loaders:
         raise ValueError(f"tokenizer {spec!r}: unknown kind {kind!r}; known: {sorted(loaders)}")
