@@ -6,8 +6,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Many tests build the same tiny model on the same mesh; a compilation cache that lives for this
+# session lets later builds reuse the XLA executables instead of compiling them again.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="foundations-xla-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from foundations.config import load_config  # noqa: E402
 

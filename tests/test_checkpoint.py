@@ -1,0 +1,76 @@
+"""Checkpoints: exact resume, restore onto another mesh, and clear errors for broken ones."""
+
+import jax
+import numpy as np
+import pytest
+
+from foundations.train.checkpoint import CheckpointError
+from foundations.train.loop import load_run, train
+from foundations.train.metrics import read_metrics
+
+
+def losses_by_step(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus):
+    """One tiny run of 6 steps straight through, on one device: the reference."""
+    from conftest import TINY
+    from foundations.config import load_config
+    cfg = load_config(None, TINY + [f"data.train_files=[{corpus}]"])
+    run_dir = tmp_path_factory.mktemp("straight")
+    train(cfg, run_dir, progress=False)
+    return cfg, run_dir
+
+
+def test_resume_reaches_exactly_the_uninterrupted_run(uninterrupted, tiny_config, tmp_path):
+    _, straight_dir = uninterrupted
+    cfg = tiny_config()
+    train(cfg, tmp_path, progress=False, stop_at=3)
+    assert sorted(losses_by_step(tmp_path)) == [1, 2, 3]
+    summary = train(cfg, tmp_path, progress=False)  # picks up at step 4
+    assert summary["step"] == 6
+    resumed, straight = losses_by_step(tmp_path), losses_by_step(straight_dir)
+    assert resumed == straight  # bit-identical losses at every step, 1..6
+    *_, state_a = load_run(straight_dir)
+    *_, state_b = load_run(tmp_path)
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_from_8x1x1_restores_onto_2x2x2(uninterrupted, tiny_config, tmp_path):
+    _, straight_dir = uninterrupted
+    train(tiny_config("mesh.data=8"), tmp_path, progress=False, stop_at=3)
+    summary = train(tiny_config("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), tmp_path,
+                    progress=False)
+    assert summary["step"] == 6
+    resumed, straight = losses_by_step(tmp_path), losses_by_step(straight_dir)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    # same data order and numbers on any mesh: the losses follow the 1-device run
+    np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
+                               [straight[s] for s in range(1, 7)], rtol=1e-5)
+
+
+def test_keeps_the_last_k_checkpoints(uninterrupted):
+    _, straight_dir = uninterrupted
+    steps = sorted(int(p.name) for p in (straight_dir / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert steps == [3, 6]  # every 3 steps, keep 3: both remain
+    assert (straight_dir / "config.yaml").is_file()
+    assert list((straight_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_corrupt_checkpoint_is_named_and_left_in_place(tiny_config, tmp_path):
+    cfg = tiny_config("train.steps=3")
+    train(cfg, tmp_path, progress=False)
+    state_dir = tmp_path / "checkpoints" / "3" / "state"
+    damaged = 0
+    for f in state_dir.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 4)
+            damaged += 1
+    assert damaged
+    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*checkpoints/3"):
+        train(tiny_config("train.steps=5"), tmp_path, progress=False)
+    assert state_dir.is_dir()  # nothing deleted: the user can inspect or remove it

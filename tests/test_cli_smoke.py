@@ -1,0 +1,76 @@
+"""The README's first command, through the installed `foundations` script, then eval and generate.
+
+The smoke recipe runs as shipped except for fewer steps and a shorter sample, on 1 device."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from foundations.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    script = shutil.which("foundations") or str(Path(sys.executable).parent / "foundations")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a plain 1-device machine
+    result = subprocess.run(
+        [script, "train", str(REPO / "experiments" / "smoke.yaml"), "--run-dir", str(run_dir),
+         "train.steps=24", "train.eval_every=12", "train.eval_batches=2",
+         "train.sample_tokens=40", "checkpoint.every=12"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_smoke_command_trains_and_reports(smoke_run):
+    run_dir, result = smoke_run
+    assert "validation loss" in result.stdout and "perplexity" in result.stdout
+    assert "sample:\nROMEO:" in result.stdout
+    assert "tok_s=" in result.stderr  # the progress bar
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 24 // 20 + 1 and losses[-1] < losses[0]  # logged every 20 and at the end
+    assert [r["step"] for r in records if "val_loss" in r] == [12, 24]
+    assert all("tokens_per_sec" in r for r in records if "loss" in r and r["step"] > 1)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "12", "24"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "config.yaml").read_text().count("tinyshakespeare/input.txt") == 1
+
+
+def test_eval_command_on_a_text_file(smoke_run, capsys, tmp_path):
+    run_dir, _ = smoke_run
+    text = tmp_path / "hamlet.txt"
+    text.write_text("To be, or not to be, that is the question:\n" * 40)
+    assert main(["eval", str(text), "--run-dir", str(run_dir), "--max-batches", "1",
+                 "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "at step 24: loss" in out and "perplexity" in out and "bits per byte" in out
+
+
+def test_generate_command_greedy_is_deterministic(smoke_run, capsys):
+    run_dir, _ = smoke_run
+    args = ["generate", "--run-dir", str(run_dir), "--prompt", "KING:", "--max-new-tokens", "12"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("KING:")
+
+
+def test_resuming_a_finished_run_trains_no_more(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    from foundations.config import load_config
+    from foundations.train.loop import train
+    config = load_config(run_dir / "config.yaml", ["train.sample_tokens=0"])
+    summary = train(config, run_dir, progress=False)
+    assert summary["step"] == 24
+    assert (run_dir / "metrics.jsonl").read_text() == before
