@@ -87,18 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
-    try:
-        from foundations.tokenizers.cli import add_tokenize_parser
-        add_tokenize_parser(commands)
-    except ImportError:
-        pass
-    try:
-        from foundations.scaling.cli import add_fit_parser, add_plot_parser, add_sweep_parser
-        add_sweep_parser(commands)
-        add_fit_parser(commands)
-        add_plot_parser(commands)
-    except ImportError:
-        pass
+    from foundations.tokenizers.cli import add_tokenize_parser
+    add_tokenize_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

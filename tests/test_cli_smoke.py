@@ -43,6 +43,7 @@ def test_smoke_command_trains_and_reports(smoke_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
         "12", "24"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "loss_curve.png").stat().st_size > 10_000
     assert (run_dir / "config.yaml").read_text().count("tinyshakespeare/input.txt") == 1
 
 

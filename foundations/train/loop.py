@@ -22,7 +22,7 @@ from foundations.inference.evaluate import evaluate
 from foundations.inference.generate import generate
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
-from foundations.train.metrics import MetricsWriter, peak_flops_per_device
+from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
 from foundations.train.trainer import Trainer
 
 
@@ -121,6 +121,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     summary = {"step": int(jax.device_get(state["step"])), **val, "sample": sample}
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_loss_curve(run_dir)
     return summary
 
 

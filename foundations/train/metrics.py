@@ -68,3 +68,28 @@ def _plain(value):
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(run_dir: str | Path) -> Path:
+    """Draws training and validation loss against tokens seen into run_dir/loss_curve.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    train_points = [(r["tokens"], r["loss"]) for r in records if "loss" in r and "tokens" in r]
+    val_points = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for points, label, style in ((train_points, "train", "-"), (val_points, "validation", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss_curve.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
