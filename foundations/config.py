@@ -56,6 +56,7 @@ class DataConfig:
     tokenizer: str = "byte"        # "byte" or a directory made by `foundations tokenize train`
     seq_len: int = 256
     shuffle_seed: int = 0
+    fallback_encoding: str = ""    # e.g. latin-1: used for files that are not UTF-8 ("": refuse)
 
 
 @dataclass

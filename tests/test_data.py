@@ -81,6 +81,9 @@ def test_non_utf8_file_is_refused_with_offset(tmp_path):
     path.write_bytes("caf\u00e9 au lait".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.txt is not valid UTF-8 \(byte 3"):
         load_text_data(DataConfig(train_files=[str(path)], seq_len=4))
+    data = load_text_data(DataConfig(train_files=[str(path)], seq_len=4, val_fraction=0.3,
+                                      fallback_encoding="latin-1"))
+    assert data.tokenizer.decode(data.train_tokens[:5]) == "caf\u00e9"
 
 
 def test_missing_file_and_empty_directory(tmp_path):

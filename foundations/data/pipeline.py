@@ -47,22 +47,29 @@ def expand_files(names: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path) -> str:
-    """Reads a UTF-8 text file; other encodings are refused with the offending byte offset."""
+def read_text(path: Path, fallback_encoding: str = "") -> str:
+    """Reads a UTF-8 text file. A file that is not UTF-8 is refused with the offending byte
+    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        if fallback_encoding:
+            try:
+                return data.decode(fallback_encoding)
+            except (UnicodeDecodeError, LookupError) as e2:
+                raise ConfigError(f"{path} is neither UTF-8 nor {fallback_encoding}: {e2}") from None
         raise ConfigError(f"{path} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r}"
-                          "); convert it with e.g. `iconv -t utf-8`") from None
+                          "); convert it (iconv -t utf-8) or set data.fallback_encoding") from None
 
 
-def tokenize_files(files: list[Path], tokenizer: Tokenizer) -> tuple[np.ndarray, int]:
+def tokenize_files(files: list[Path], tokenizer: Tokenizer,
+                   fallback_encoding: str = "") -> tuple[np.ndarray, int]:
     """All files' tokens, one end-of-text id after each file; also the count of UTF-8 bytes."""
     eos = getattr(tokenizer, "eos_id", None)
     pieces, n_bytes = [], 0
     for path in files:
-        text = read_text(path)
+        text = read_text(path, fallback_encoding)
         n_bytes += len(text.encode("utf-8"))
         pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int32))
         if eos is not None:
@@ -96,9 +103,10 @@ class TextData:
 def load_text_data(cfg: DataConfig) -> TextData:
     """Reads and tokenizes the configured files and splits off validation data."""
     tokenizer = load_tokenizer(cfg.tokenizer)
-    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer)
+    fallback = cfg.fallback_encoding
+    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback)
     if cfg.val_files:
-        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer)
+        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback)
         bytes_per_token = val_bytes / len(val)
     else:
         bytes_per_token = train_bytes / len(train)
