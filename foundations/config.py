@@ -170,7 +170,7 @@ def _coerce(key: str, value: Any, annotation) -> Any:
     raise ConfigError(f"{key}: expected {type_name}, got {value!r} ({type(value).__name__})")
 
 
-def _set(section_obj, section_name: str, key: str, value: Any) -> None:
+def set_field(section_obj, section_name: str, key: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section_obj))
     if key not in hints:
         raise ConfigError(f"unknown key '{section_name}.{key}'"
@@ -200,7 +200,7 @@ def apply_dict(config: Config, tree: dict, source: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section_name}' must be a mapping of keys")
         for key, value in values.items():
-            _set(section, section_name, key, value)
+            set_field(section, section_name, key, value)
     return config
 
 
@@ -233,7 +233,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         apply_dict(config, tree, source=str(path))
     for text in overrides:
         section, key, value = parse_override(text)
-        _set(_section(config, section), section, key, value)
+        set_field(_section(config, section), section, key, value)
     validate(config)
     return config
 

@@ -40,13 +40,16 @@ def build(config: Config, mesh=None, data: TextData | None = None):
 
 
 def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, data: TextData | None = None,
+          after_training=None) -> dict:
     """Trains to config.train.steps (resuming from run_dir's checkpoints); returns a summary.
 
-    `stop_at` ends the run early after that step with a checkpoint, as a preemption would."""
+    `stop_at` ends the run early after that step with a checkpoint, as a preemption would.
+    `data` reuses already tokenized text; `after_training(trainer, state, data) -> dict` adds
+    its entries to the summary (a sweep's probe, say)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, trainer = build(config, mesh)
+    data, trainer = build(config, mesh, data)
     tc = config.train
     if jax.process_index() == 0:
         save_config(config, run_dir / "config.yaml")
@@ -119,6 +122,8 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         sample = sample_text(trainer, state["params"], data.tokenizer, tc.sample_prompt,
                              tc.sample_tokens, tc.sample_temperature, tc.seed)
     summary = {"step": int(jax.device_get(state["step"])), **val, "sample": sample}
+    if after_training is not None:
+        summary.update(after_training(trainer, state, data))
     if jax.process_index() == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_loss_curve(run_dir)

@@ -127,9 +127,9 @@ class Trainer:
         return self._loss(params, batch, None)
 
     def _last_logits(self, params, tokens, index):
-        """Logits at position `index` of each row: what the next token should be."""
+        """Logits at position index[row] of each row: what the next token should be."""
         logits = self.model.apply({"params": params}, tokens)
-        return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False)
+        return jnp.take_along_axis(logits, index[:, None, None], axis=1)[:, 0]
 
     def _in_mesh(self, fn):
         def call(*args):
@@ -157,13 +157,16 @@ class Trainer:
                                                        global_shape)
         return float(self._in_mesh(self._eval_step)(params, batch))
 
-    def next_token_logits(self, params, tokens: np.ndarray, index: int) -> np.ndarray:
-        """Logits after position `index` for each row of `tokens` (rows, seq_len). Rows are
-        repeated up to a multiple of the batch axes so any count runs on any mesh."""
+    def next_token_logits(self, params, tokens: np.ndarray, index) -> np.ndarray:
+        """Logits after position `index` (one int, or one per row) for each row of `tokens`
+        (rows, seq_len). Rows are repeated up to a multiple of the batch axes so any count runs
+        on any mesh."""
         rows = tokens.shape[0]
         ways = batch_parallelism(self.mesh)
-        padded = np.resize(tokens, (-(-rows // ways) * ways, tokens.shape[1]))
-        logits = self._in_mesh(self._logits)(params, jnp.asarray(padded), jnp.int32(index))
+        padded_rows = -(-rows // ways) * ways
+        padded = np.resize(tokens, (padded_rows, tokens.shape[1]))
+        index = np.resize(np.broadcast_to(np.asarray(index, np.int32), (rows,)), (padded_rows,))
+        logits = self._in_mesh(self._logits)(params, jnp.asarray(padded), jnp.asarray(index))
         return np.asarray(logits)[:rows]
 
 
