@@ -111,12 +111,12 @@ def single_threaded_blas():
         set_threads(previous)
 
 
-def fit_log_lse(log_x, log_loss, grid, top_k=64, extra_inits=(), delta=HUBER_DELTA):
+def fit_log_lse(log_x, log_loss, grid, top_k=32, extra_inits=(), delta=HUBER_DELTA):
     """Minimise the Huber objective from a grid of starts, keep the best; returns (theta, objective).
 
     All grid starts are scored in one vectorised pass; L-BFGS-B (analytic gradient) then runs from
-    the top_k of them (plus extra_inits). Starts that score badly end in the same or worse basins,
-    and running all 4500 costs ~100x more time for the same optimum (checked on the Chinchilla data).
+    the top_k of them (plus extra_inits); top_k=0 runs all. On the Chinchilla data the best 8, 32 and
+    all 4500 starts reach the same optimum (to 7 digits), the last taking ~150x longer.
     """
     log_x = np.atleast_2d(np.asarray(log_x, dtype=np.float64))
     log_loss = np.asarray(log_loss, dtype=np.float64)
@@ -140,7 +140,7 @@ def fit_log_lse(log_x, log_loss, grid, top_k=64, extra_inits=(), delta=HUBER_DEL
 # -----------------------------------------------------------------------------
 # The laws
 
-def fit_chinchilla(N, D, loss, top_k=64, extra_inits=(), delta=HUBER_DELTA):
+def fit_chinchilla(N, D, loss, top_k=32, extra_inits=(), delta=HUBER_DELTA):
     """Fit L(N, D) = E + A/N^alpha + B/D^beta as Chinchilla Approach 3; points used exactly as given."""
     log_x = np.log(np.stack([np.asarray(N, np.float64), np.asarray(D, np.float64)]))
     theta, _ = fit_log_lse(log_x, np.log(np.asarray(loss, np.float64)), CHINCHILLA_GRID,

@@ -26,7 +26,7 @@ def _save(fig, out_dir, name):
     """Write name.png and name.svg; return both paths."""
     paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "svg")]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=130)
     plt.close(fig)
     return paths
 
@@ -46,7 +46,7 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
     """Every run's training curve against C = 6 N tokens, final validation losses, and the fitted frontier."""
     N = np.array([r["n_params"] for r in rows], dtype=float)
     norm = LogNorm(N.min(), N.max() * 1.0001)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     for row in rows:
         try:
             curve = load_curve(row["curve_path"])
@@ -77,7 +77,7 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
 
 def plot_isoflop(rows, analysis, out_dir):
     """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N, and its minimum."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     N, loss, budget = columns(rows, "n_params", analysis["loss_column"], "budget")
     iso = analysis["isoflop"]
     budgets = np.unique(budget[np.isfinite(budget)])
@@ -113,7 +113,7 @@ def plot_optimal_allocation(rows, analysis, out_dir):
     """N_opt(C) and D_opt(C): IsoFLOP minima, the Approach-2 power laws and the Approach-3 closed form, 95% bands."""
     flops, = columns(rows, "flops_6nd")
     C = np.geomspace(np.nanmin(flops) / 10, np.nanmax(flops) * 100, 100)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     iso, fit3 = analysis["isoflop"], analysis["chinchilla"]
     for ax, key, symbol in ((axes[0], "N_opt", "N"), (axes[1], "D_opt", "D")):
         exponent = "a" if key == "N_opt" else "b"
@@ -130,7 +130,7 @@ def plot_optimal_allocation(rows, analysis, out_dir):
                 ax.fill_between(C, *np.percentile(curves, [2.5, 97.5], axis=0), color="C0", alpha=0.2)
         if "params" in fit3:
             a3 = fit3["a"] if key == "N_opt" else fit3["b"]
-            ci_text = _interval_text(fit3["ci"], "a") if key == "N_opt" else ""
+            ci_text = _interval_text(fit3["ci"], exponent)
             ax.plot(C, F.compute_optimal(fit3["params"], C)[key], color="C3", ls="--",
                     label=f"Approach 3: {symbol}_opt ∝ C^{a3:.3f}{ci_text}")
             if fit3.get("samples"):
@@ -152,7 +152,7 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
     N, D, loss = columns(rows, "n_params", "tokens", analysis["loss_column"])
     predicted = F.predict_loss(fit3["params"], N, D)
     rms_log = float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2)))
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
     norm = LogNorm(N.min(), N.max() * 1.0001)
     ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
     lo, hi = min(loss.min(), predicted.min()), max(loss.max(), predicted.max())
@@ -173,7 +173,7 @@ def plot_probe_accuracy(rows, out_dir):
     if not with_probe:
         return []
     N, C, acc = columns(with_probe, "n_params", "flops_6nd", "probe_acc")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     c_norm = LogNorm(C.min(), C.max() * 1.0001)
     axes[0].scatter(N, acc, c=C, cmap="plasma", norm=c_norm, s=22, edgecolors="k", linewidths=0.4)
     fig.colorbar(plt.cm.ScalarMappable(norm=c_norm, cmap="plasma"), ax=axes[0], label="compute C (FLOPs)")
