@@ -75,6 +75,13 @@ def test_fit_chinchilla_is_exact_on_noiseless_data():
         assert fit[name] == pytest.approx(value, rel=1e-3), name
 
 
+def test_fits_reject_non_positive_inputs():
+    with pytest.raises(ValueError, match="positive and finite"):
+        fit_chinchilla([1e6, 2e6, 0.0], [1e8, 1e8, 1e8], [3.0, 2.9, 2.8])
+    with pytest.raises(ValueError, match="positive and finite"):
+        fit_loss_vs_n([1e6, 2e6, 4e6], [3.0, float("nan"), 2.8])
+
+
 def load_besiroglu_points():
     """N, D = C / (6N), loss from their CSV, minus the 5 highest-loss points as in their analysis."""
     with open(DATA / "svg_extracted_data.csv") as f:

@@ -115,6 +115,8 @@ def fit_log_lse(log_x, log_loss, grid, top_k=32, extra_inits=(), delta=HUBER_DEL
     """
     log_x = np.atleast_2d(np.asarray(log_x, dtype=np.float64))
     log_loss = np.asarray(log_loss, dtype=np.float64)
+    if not (np.all(np.isfinite(log_x)) and np.all(np.isfinite(log_loss))):
+        raise ValueError("N, D and loss must be positive and finite")
     starts = _grid_thetas(grid, log_x.shape[0])
     with np.errstate(over="ignore", invalid="ignore"):
         scores = log_loss_objective(starts, log_x, log_loss, delta)
@@ -129,6 +131,8 @@ def fit_log_lse(log_x, log_loss, grid, top_k=32, extra_inits=(), delta=HUBER_DEL
                               jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
             if np.isfinite(result.fun) and result.fun < best_value:
                 best_theta, best_value = result.x, float(result.fun)
+    if best_theta is None:
+        raise ValueError("no start converged to a finite objective")
     return best_theta, best_value
 
 
@@ -137,9 +141,10 @@ def fit_log_lse(log_x, log_loss, grid, top_k=32, extra_inits=(), delta=HUBER_DEL
 
 def fit_chinchilla(N, D, loss, top_k=32, extra_inits=(), grid=CHINCHILLA_GRID, delta=HUBER_DELTA):
     """Fit L(N, D) = E + A/N^alpha + B/D^beta as Chinchilla Approach 3; points used exactly as given."""
-    log_x = np.log(np.stack([np.asarray(N, np.float64), np.asarray(D, np.float64)]))
-    theta, _ = fit_log_lse(log_x, np.log(np.asarray(loss, np.float64)), grid,
-                           top_k=top_k, extra_inits=extra_inits, delta=delta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_x = np.log(np.stack([np.asarray(N, np.float64), np.asarray(D, np.float64)]))
+        log_loss = np.log(np.asarray(loss, np.float64))
+    theta, _ = fit_log_lse(log_x, log_loss, grid, top_k=top_k, extra_inits=extra_inits, delta=delta)
     a, b, e, alpha, beta = (float(v) for v in theta)
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
@@ -158,8 +163,9 @@ def predict_loss(params, N, D):
 
 def fit_power_law_with_floor(x, loss, top_k=16, extra_inits=(), delta=HUBER_DELTA):
     """Fit L(x) = E + A / x^alpha (same Huber-on-log-loss method, 150-start grid); returns {E, A, alpha}."""
-    theta, _ = fit_log_lse(np.log(np.asarray(x, np.float64))[None], np.log(np.asarray(loss, np.float64)),
-                           POWER_LAW_GRID, top_k=top_k, extra_inits=extra_inits, delta=delta)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_x, log_loss = np.log(np.asarray(x, np.float64))[None], np.log(np.asarray(loss, np.float64))
+    theta, _ = fit_log_lse(log_x, log_loss, POWER_LAW_GRID, top_k=top_k, extra_inits=extra_inits, delta=delta)
     a, e, alpha = (float(v) for v in theta)
     return {"E": math.exp(e), "A": math.exp(a), "alpha": alpha}
 
