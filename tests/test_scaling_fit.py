@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scaling_synthetic import TRUE_LAW, law_loss, synthetic_points, write_sweep
 
 from foundations.scaling import (
     ResultsError,
@@ -20,6 +19,7 @@ from foundations.scaling import (
     load_results,
 )
 from foundations.scaling import fit as F
+from foundations.scaling.synthetic import TRUE_LAW, law_loss, synthetic_points, write_sweep
 
 DATA = Path(__file__).parent / "data"
 

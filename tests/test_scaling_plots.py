@@ -3,11 +3,10 @@
 import argparse
 import json
 
-from scaling_synthetic import write_sweep
-
 from foundations.scaling import load_results
 from foundations.scaling.cli import add_fit_parser, add_plot_parser
 from foundations.scaling.plots import plot_probe_accuracy
+from foundations.scaling.synthetic import write_sweep
 
 FIGURES = ["loss_vs_compute", "isoflop", "optimal_allocation", "predicted_vs_observed"]
 

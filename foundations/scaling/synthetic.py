@@ -1,4 +1,7 @@
-"""A fake sweep for the scaling tests: a results table and metrics.jsonl curves drawn from a known law."""
+"""A fake sweep drawn from a known Chinchilla law: results table + metrics.jsonl curves, for tests and demos.
+
+Try the commands without training anything: write_sweep("/tmp/sweep"), then `foundations plot` on it.
+"""
 
 from __future__ import annotations
 
