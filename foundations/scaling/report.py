@@ -156,6 +156,8 @@ def format_report(analysis):
     if "params" in fit3:
         lines.insert(-1, f"  implied N_opt ~ C^{_with_ci('a', fit3['a'], fit3['ci'])},  "
                              f"D_opt ~ C^{_with_ci('b', fit3['b'], fit3['ci'])}")
+    lines.append("L(N) and L(D) below use the lowest final loss at each N (each D): trust them only where the sweep")
+    lines.append("has runs with data (parameters) to spare at every N (D); on IsoFLOP-only sweeps use L(N, D) above.")
     section("L(N), lowest loss at each N", analysis["loss_vs_n"], ["E", "A", "alpha"], "E + A/N^alpha")
     section("L(D), lowest loss at each D", analysis["loss_vs_d"], ["E", "B", "beta"], "E + B/D^beta")
     section("Approach 2, IsoFLOP parabolas", analysis["isoflop"], ["a", "b"], "N_opt ~ C^a, D_opt ~ C^b")
