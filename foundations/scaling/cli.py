@@ -1,0 +1,78 @@
+"""`foundations fit RESULTS` and `foundations plot RESULTS --out DIR`: the main CLI adds these subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _add_common(parser):
+    parser.add_argument("results", type=Path, help="the sweep's results.jsonl or results.csv")
+    parser.add_argument("--loss", default="val_loss", choices=["val_loss", "train_loss"],
+                        help="which final loss to fit (default: val_loss)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def add_fit_parser(subparsers):
+    """Add `fit RESULTS [--out FILE.json] [--bootstrap N]`."""
+    parser = subparsers.add_parser("fit", help="fit scaling laws to a sweep's results and print a report")
+    _add_common(parser)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the fit as JSON (default: fit.json next to RESULTS)")
+    parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for intervals (default 100)")
+    parser.set_defaults(func=run_fit)
+    return parser
+
+
+def add_plot_parser(subparsers):
+    """Add `plot RESULTS --out DIR`."""
+    parser = subparsers.add_parser("plot", help="plot loss curves, fitted laws and compute-optimal allocation")
+    _add_common(parser)
+    parser.add_argument("--out", type=Path, required=True, help="directory for the PNG and SVG figures")
+    parser.add_argument("--bootstrap", type=int, default=50,
+                        help="bootstrap resamples for the confidence bands (default 50)")
+    parser.set_defaults(func=run_plot)
+    return parser
+
+
+def run_fit(args):
+    """Load, fit, print the report, write the JSON."""
+    from foundations.scaling.report import analyse, format_report, to_json
+    from foundations.scaling.results import load_results
+
+    rows = load_results(args.results)
+    analysis = analyse(rows, loss_column=args.loss, n_boot=args.bootstrap, seed=args.seed)
+    print(format_report(analysis))
+    out = args.out or Path(args.results).parent / "fit.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(to_json(analysis), indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def run_plot(args):
+    """Load, fit, draw every figure into --out."""
+    from foundations.scaling.plots import plot_all
+    from foundations.scaling.report import analyse
+    from foundations.scaling.results import load_results
+
+    rows = load_results(args.results)
+    analysis = analyse(rows, loss_column=args.loss, n_boot=args.bootstrap, seed=args.seed)
+    for path in plot_all(rows, analysis, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None):
+    """Stand-alone entry point (python -m foundations.scaling.cli fit|plot ...) until the main CLI lands."""
+    parser = argparse.ArgumentParser(prog="foundations")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_fit_parser(subparsers)
+    add_plot_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Figures for a sweep: loss curves vs compute with the fitted frontier, IsoFLOP parabolas, N_opt and D_opt
+vs compute with confidence bands, predicted vs observed loss, and the probe accuracy if the sweep has one.
+
+Each figure is written as PNG (to look at) and SVG (to put in a paper) with matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
+
+from foundations.scaling import fit as F  # noqa: E402
+from foundations.scaling.results import columns, load_curve  # noqa: E402
+
+CMAP = "viridis"
+
+
+def _save(fig, out_dir, name):
+    """Write name.png and name.svg; return both paths."""
+    paths = [Path(out_dir) / f"{name}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def _size_colorbar(fig, ax, norm, label="non-embedding parameters N"):
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=CMAP)
+    fig.colorbar(sm, ax=ax, label=label)
+
+
+def chinchilla_label(params):
+    """'L = 1.82 + 478/N^0.347 + 2143/D^0.367' for legends."""
+    return (f"L = {params['E']:.3f} + {params['A']:.4g}/N$^{{{params['alpha']:.3f}}}$"
+            f" + {params['B']:.4g}/D$^{{{params['beta']:.3f}}}$")
+
+
+def plot_loss_vs_compute(rows, analysis, out_dir):
+    """Every run's training curve against C = 6 N tokens, final validation losses, and the fitted frontier."""
+    N = np.array([r["n_params"] for r in rows], dtype=float)
+    norm = LogNorm(N.min(), N.max() * 1.0001)
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    for row in rows:
+        try:
+            curve = load_curve(row["curve_path"])
+        except OSError:
+            continue
+        tokens = np.array([p["tokens"] for p in curve], dtype=float)
+        loss = np.array([p["loss"] for p in curve], dtype=float)
+        keep = tokens > 0
+        ax.plot(6 * row["n_params"] * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(row["n_params"])),
+                lw=0.8, alpha=0.6)
+    flops, final = columns(rows, "flops_6nd", analysis["loss_column"])
+    ax.scatter(flops, final, c=N, cmap=CMAP, norm=norm, s=18, edgecolors="k", linewidths=0.4, zorder=3,
+               label=f"final {analysis['loss_column']}")
+    fit3 = analysis["chinchilla"]
+    if "params" in fit3:
+        C = np.geomspace(np.nanmin(flops) / 10, np.nanmax(flops) * 10, 200)
+        frontier = F.compute_optimal(fit3["params"], C)["loss"]
+        ax.plot(C, frontier, "k--", lw=1.8, label=f"compute-optimal frontier of\n{chinchilla_label(fit3['params'])}")
+    ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)", ylabel="loss (nats/token)",
+           title="Loss vs compute: every run's curve, coloured by model size")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, which="both", alpha=0.2)
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    _size_colorbar(fig, ax, norm)
+    return _save(fig, out_dir, "loss_vs_compute")
+
+
+def plot_isoflop(rows, analysis, out_dir):
+    """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N, and its minimum."""
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    N, loss, budget = columns(rows, "n_params", analysis["loss_column"], "budget")
+    iso = analysis["isoflop"]
+    budgets = np.unique(budget[np.isfinite(budget)])
+    if len(budgets) == 0:
+        plt.close(fig)
+        return []
+    norm = LogNorm(budgets.min(), budgets.max() * 1.0001)
+    profiles = {p["budget"]: p for p in iso.get("fit", {}).get("profiles", [])}
+    for C in budgets:
+        color = plt.get_cmap("plasma")(0.85 * norm(C))
+        mask = budget == C
+        ax.scatter(N[mask], loss[mask], color=color, s=22, zorder=3, label=f"C = {C:.1e} FLOPs")
+        if C in profiles:
+            p = profiles[C]
+            log_n = np.linspace(np.log(N[mask].min()) - 0.3, np.log(N[mask].max()) + 0.3, 100)
+            ax.plot(np.exp(log_n), np.polyval(p["coeffs"], log_n), color=color, lw=1.2)
+            ax.scatter([p["N_opt"]], [p["loss_opt"]], marker="*", s=160, color=color, edgecolors="k", zorder=4)
+    title = "IsoFLOP profiles: parabola in log N per budget, ★ = its minimum N_opt(C)"
+    if "fit" in iso:
+        title += f"\nN_opt ∝ C^{iso['fit']['a']:.3f},  D_opt ∝ C^{iso['fit']['b']:.3f}"
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=f"final {analysis['loss_column']} (nats/token)",
+           title=title)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, which="both", alpha=0.2)
+    return _save(fig, out_dir, "isoflop")
+
+
+def _interval_text(ci, name):
+    return f" [{ci[name]['lo']:.3f}, {ci[name]['hi']:.3f}]" if name in ci else ""
+
+
+def plot_optimal_allocation(rows, analysis, out_dir):
+    """N_opt(C) and D_opt(C): IsoFLOP minima, the Approach-2 power laws and the Approach-3 closed form, 95% bands."""
+    flops, = columns(rows, "flops_6nd")
+    C = np.geomspace(np.nanmin(flops) / 10, np.nanmax(flops) * 100, 100)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+    iso, fit3 = analysis["isoflop"], analysis["chinchilla"]
+    for ax, key, symbol in ((axes[0], "N_opt", "N"), (axes[1], "D_opt", "D")):
+        exponent = "a" if key == "N_opt" else "b"
+        if "fit" in iso:
+            points = iso["fit"]["profiles"]
+            ax.scatter([p["budget"] for p in points], [p[key] for p in points], color="C0", zorder=3,
+                       label="IsoFLOP minima")
+            coef = iso["fit"]["N_coef" if key == "N_opt" else "D_coef"]
+            ax.plot(C, F.isoflop_optimal(iso["fit"], C)[key], color="C0",
+                    label=f"Approach 2: {symbol}_opt = {coef:.3g}·C^{iso['fit'][exponent]:.3f}"
+                          f"{_interval_text(iso['ci'], exponent)}")
+            if iso.get("samples"):
+                curves = np.array([F.isoflop_optimal(s, C)[key] for s in iso["samples"]])
+                ax.fill_between(C, *np.percentile(curves, [2.5, 97.5], axis=0), color="C0", alpha=0.2)
+        if "params" in fit3:
+            a3 = fit3["a"] if key == "N_opt" else fit3["b"]
+            ci_text = _interval_text(fit3["ci"], exponent)
+            ax.plot(C, F.compute_optimal(fit3["params"], C)[key], color="C3", ls="--",
+                    label=f"Approach 3: {symbol}_opt ∝ C^{a3:.3f}{ci_text}")
+            if fit3.get("samples"):
+                curves = np.array([F.compute_optimal(s, C)[key] for s in fit3["samples"]])
+                ax.fill_between(C, *np.percentile(curves, [2.5, 97.5], axis=0), color="C3", alpha=0.15)
+        ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
+               ylabel="optimal parameters N_opt" if key == "N_opt" else "optimal tokens D_opt",
+               title=f"Compute-optimal {'model size' if key == 'N_opt' else 'data'} (bands: 95% bootstrap)")
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, out_dir, "optimal_allocation")
+
+
+def plot_predicted_vs_observed(rows, analysis, out_dir):
+    """Approach-3 prediction against each run's observed final loss; points on the diagonal are fitted well."""
+    fit3 = analysis["chinchilla"]
+    if "params" not in fit3:
+        return []
+    N, D, loss = columns(rows, "n_params", "tokens", analysis["loss_column"])
+    predicted = F.predict_loss(fit3["params"], N, D)
+    rms_log = float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2)))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
+    norm = LogNorm(N.min(), N.max() * 1.0001)
+    ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
+    lo, hi = min(loss.min(), predicted.min()), max(loss.max(), predicted.max())
+    ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="predicted = observed")
+    ax.set(xlabel=f"observed final {analysis['loss_column']} (nats/token)", ylabel="predicted L(N, D)",
+           title="Approach 3 fit: predicted vs observed")
+    ax.text(0.03, 0.97, f"{chinchilla_label(fit3['params'])}\nRMS log error = {rms_log:.4f}",
+            transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "alpha": 0.8})
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, alpha=0.2)
+    _size_colorbar(fig, ax, norm)
+    return _save(fig, out_dir, "predicted_vs_observed")
+
+
+def plot_probe_accuracy(rows, out_dir):
+    """The emergent-ability probe's accuracy vs N and vs C (only when the sweep measured probe_acc)."""
+    with_probe = [r for r in rows if r.get("probe_acc") is not None]
+    if not with_probe:
+        return []
+    N, C, acc = columns(with_probe, "n_params", "flops_6nd", "probe_acc")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    c_norm = LogNorm(C.min(), C.max() * 1.0001)
+    axes[0].scatter(N, acc, c=C, cmap="plasma", norm=c_norm, s=22, edgecolors="k", linewidths=0.4)
+    fig.colorbar(plt.cm.ScalarMappable(norm=c_norm, cmap="plasma"), ax=axes[0], label="compute C (FLOPs)")
+    axes[0].set(xlabel="non-embedding parameters N", title="Probe accuracy vs model size (colour: compute)")
+    norm = LogNorm(N.min(), N.max() * 1.0001)
+    axes[1].scatter(C, acc, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
+    axes[1].set(xlabel="training compute C = 6ND (FLOPs)", title="Probe accuracy vs compute (colour: N)")
+    for ax in axes:
+        ax.set(xscale="log", ylabel="probe accuracy", ylim=(-0.03, 1.03))
+        ax.grid(True, which="both", alpha=0.2)
+    _size_colorbar(fig, axes[1], norm)
+    return _save(fig, out_dir, "probe_accuracy")
+
+
+def plot_all(rows, analysis, out_dir):
+    """Every figure that the data allows; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    paths += plot_loss_vs_compute(rows, analysis, out_dir)
+    paths += plot_isoflop(rows, analysis, out_dir)
+    paths += plot_optimal_allocation(rows, analysis, out_dir)
+    paths += plot_predicted_vs_observed(rows, analysis, out_dir)
+    paths += plot_probe_accuracy(rows, out_dir)
+    return paths
