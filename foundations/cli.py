@@ -87,8 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
+    from foundations.scaling.cli import add_fit_parser, add_plot_parser
+    from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
     add_tokenize_parser(commands)
+    add_sweep_parser(commands)
+    add_fit_parser(commands)
+    add_plot_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     # argparse's positional matching does not allow; collect such key=value words ourselves.
     args, extra = parser.parse_known_args(argv)
     stray = [word for word in extra if word.startswith("-") or "=" not in word]
-    if stray or (extra and not hasattr(args, "overrides")) or args.command != "train" and extra:
+    if extra and (stray or not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        from foundations.scaling.results import ResultsError
         from foundations.train.checkpoint import CheckpointError
         args.func(args)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, ResultsError) as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
