@@ -105,6 +105,14 @@ def plot_isoflop(rows, analysis, out_dir):
     return _save(fig, out_dir, "isoflop")
 
 
+def _fill_band(ax, x, curves, color, alpha):
+    """Shades the 2.5-97.5 percentile band of bootstrap curves, ignoring degenerate (NaN) ones."""
+    curves = np.array(curves, dtype=np.float64)
+    curves = curves[np.isfinite(curves).all(axis=1) & (curves > 0).all(axis=1)]
+    if len(curves):
+        ax.fill_between(x, *np.percentile(curves, [2.5, 97.5], axis=0), color=color, alpha=alpha)
+
+
 def _interval_text(ci, name):
     return f" [{ci[name]['lo']:.3f}, {ci[name]['hi']:.3f}]" if name in ci else ""
 
@@ -126,17 +134,22 @@ def plot_optimal_allocation(rows, analysis, out_dir):
                     label=f"Approach 2: {symbol}_opt = {coef:.3g}·C^{iso['fit'][exponent]:.3f}"
                           f"{_interval_text(iso['ci'], exponent)}")
             if iso.get("samples"):
-                curves = np.array([F.isoflop_optimal(s, C)[key] for s in iso["samples"]])
-                ax.fill_between(C, *np.percentile(curves, [2.5, 97.5], axis=0), color="C0", alpha=0.2)
+                _fill_band(ax, C, [F.isoflop_optimal(s, C)[key] for s in iso["samples"]], "C0", 0.2)
         if "params" in fit3:
             a3 = fit3["a"] if key == "N_opt" else fit3["b"]
             ci_text = _interval_text(fit3["ci"], exponent)
-            ax.plot(C, F.compute_optimal(fit3["params"], C)[key], color="C3", ls="--",
-                    label=f"Approach 3: {symbol}_opt ∝ C^{a3:.3f}{ci_text}")
+            optimal = F.compute_optimal(fit3["params"], C)[key]
+            if np.isfinite(optimal).all():
+                ax.plot(C, optimal, color="C3", ls="--",
+                        label=f"Approach 3: {symbol}_opt ∝ C^{a3:.3f}{ci_text}")
+            else:  # e.g. a negative fitted exponent: the closed form has no real solution
+                ax.plot([], [], " ", label="Approach 3: degenerate fit, no compute-optimal curve")
             if fit3.get("samples"):
-                curves = np.array([F.compute_optimal(s, C)[key] for s in fit3["samples"]])
-                ax.fill_between(C, *np.percentile(curves, [2.5, 97.5], axis=0), color="C3", alpha=0.15)
-        ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)",
+                _fill_band(ax, C, [F.compute_optimal(s, C)[key] for s in fit3["samples"]], "C3", 0.15)
+        has_data = any(np.isfinite(line.get_ydata()).any() for line in ax.lines
+                       if len(line.get_ydata())) or len(ax.collections) > 0
+        ax.set(xscale="log", yscale="log" if has_data else "linear",
+               xlabel="training compute C (FLOPs)",
                ylabel="optimal parameters N_opt" if key == "N_opt" else "optimal tokens D_opt",
                title=f"Compute-optimal {'model size' if key == 'N_opt' else 'data'} (bands: 95% bootstrap)")
         ax.grid(True, which="both", alpha=0.2)

@@ -31,7 +31,10 @@ def _band(samples, fn, C):
     """2.5/97.5 percentile band of fn(sample, C) over bootstrap samples; None without samples."""
     if not samples:
         return None
-    curves = np.array([fn(s, C) for s in samples])
+    curves = np.array([fn(s, C) for s in samples], dtype=np.float64)
+    curves = curves[np.isfinite(curves).all(axis=1)]  # degenerate replicates give NaN
+    if len(curves) == 0:
+        return None
     return np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
 
 

@@ -81,7 +81,8 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         else:
             timer_steps += 1
         last = step == tc.steps or step == stop_at
-        if step % tc.log_every == 0 or last:
+        evaluate_now = (tc.eval_every and step % tc.eval_every == 0) or last
+        if step % tc.log_every == 0 or evaluate_now:
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - timer_start
             if timer_steps:
@@ -94,16 +95,16 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
             if not np.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; "
                                          "lower optimizer.lr or raise schedule.warmup_steps")
+            if evaluate_now:
+                val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
+                               tc.batch_size, tc.eval_batches)
+                metrics.update(val)
+                log(f"step {step}: val_loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
+                    f"bpb {val['val_bpb']:.3f}")
+                timer_start = None  # evaluation time is not training time
             writer.write(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}",
                             tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}", refresh=False)
-        if (tc.eval_every and step % tc.eval_every == 0) or last:
-            val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
-                           tc.batch_size, tc.eval_batches)
-            writer.write(step, {**val, "tokens": step * tokens_per_step})
-            log(f"step {step}: val_loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
-                f"bpb {val['val_bpb']:.3f}")
-            timer_start = None  # evaluation time is not training time
         if (config.checkpoint.every and step % config.checkpoint.every == 0) or last:
             checkpoint.save(manager, step, state, iterator)
         bar.update(1)

@@ -1,0 +1,75 @@
+"""The scaling harness end to end: plan a grid, run it (interrupted and resumed), fit, plot."""
+
+import json
+
+import pytest
+
+from foundations.cli import main
+from foundations.config import ConfigError
+from foundations.scaling.grid import load_grid, plan_runs
+from foundations.scaling.sweep import run_sweep
+
+
+@pytest.fixture
+def sweep_file(tmp_path, corpus):
+    path = tmp_path / "mini.yaml"
+    path.write_text(f"""
+base:
+  model: {{max_seq_len: 32}}
+  data: {{train_files: ["{corpus}"], seq_len: 32, val_fraction: 0.2}}
+  train: {{batch_size: 8, log_every: 5, eval_every: 0, eval_batches: 2, sample_tokens: 0}}
+  checkpoint: {{every: 50, keep: 1, async_save: false}}
+grid:
+  depths: [1, 2, 3]
+  budgets: [3.0e8, 9.0e8]
+  min_steps: 2
+  max_steps: 200
+  probe_examples: 8
+""")
+    return path
+
+
+def test_plan_is_isoflop(sweep_file):
+    base, grid = load_grid(sweep_file)
+    runs = plan_runs(base, grid)
+    assert [r.run_id for r in runs] == ["L1_d16_C3e08", "L2_d32_C3e08", "L3_d48_C3e08",
+                                        "L1_d16_C9e08", "L2_d32_C9e08", "L3_d48_C9e08"]
+    for r in runs:  # D = C / (6N), rounded to whole steps of 8 x 32 tokens
+        assert r.tokens == r.config.train.steps * 256
+        assert r.flops_6nd == pytest.approx(r.budget, rel=0.15)
+        assert r.flops > r.flops_6nd  # the exact count adds attention and the output head
+    assert runs[0].config.optimizer.lr == pytest.approx(3e-3 * 64 / 16)
+
+
+def test_bad_grid_key_is_named(sweep_file):
+    with pytest.raises(ConfigError, match="unknown key 'grid.depth' \\(did you mean 'depths'"):
+        load_grid(sweep_file, ["grid.depth=[1]"])
+
+
+def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rows = run_sweep(sweep_file, out, stop_after_runs=2)  # interrupted after two runs
+    assert [r["run_id"] for r in rows] == ["L1_d16_C3e08", "L2_d32_C3e08"]
+    assert (out / "status.txt").read_text().startswith("2/6 runs done")
+    first = (out / "runs" / "L1_d16_C3e08" / "result.json").read_text()
+    curve_before = (out / "runs" / "L1_d16_C3e08" / "metrics.jsonl").read_text()
+
+    rows = run_sweep(sweep_file, out)
+    assert len(rows) == 6 and (out / "status.txt").read_text().startswith("6/6 runs done")
+    assert (out / "runs" / "L1_d16_C3e08" / "result.json").read_text() == first  # not redone
+    assert (out / "runs" / "L1_d16_C3e08" / "metrics.jsonl").read_text() == curve_before
+    table = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {"run_id", "n_params", "n_params_total", "tokens", "flops_6nd", "flops", "train_loss",
+            "val_loss", "budget", "curve", "wall_time_s", "probe_acc"} <= set(table[0])
+    assert all((out / row["curve"]).is_file() for row in table)
+    assert all(0.0 <= row["probe_acc"] <= 1.0 for row in table)
+    # more compute at a fixed size lowers the loss
+    loss = {row["run_id"]: row["val_loss"] for row in table}
+    assert loss["L2_d32_C9e08"] < loss["L2_d32_C3e08"]
+
+    assert main(["fit", str(out / "results.jsonl"), "--bootstrap", "5"]) == 0
+    assert "alpha" in capsys.readouterr().out
+    assert main(["plot", str(out / "results.jsonl"), "--out", str(tmp_path / "plots"),
+                 "--bootstrap", "5"]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert len(pngs) >= 4 and len(list((tmp_path / "plots").glob("*.svg"))) == len(pngs)
