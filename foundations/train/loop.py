@@ -88,6 +88,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
             if timer_steps:
                 tps = timer_steps * tokens_per_step / elapsed
                 metrics["tokens_per_sec"] = tps
+                metrics["model_flops_per_sec"] = tps * trainer.flops_per_token
                 if peak:
                     metrics["mfu"] = tps * trainer.flops_per_token / peak
                 timer_start, timer_steps = time.perf_counter(), 0
