@@ -13,10 +13,16 @@ from pathlib import Path
 
 def _train(args) -> None:
     from foundations.config import load_config
-    from foundations.train.loop import train
+    from foundations.parallel import distributed
     config = load_config(args.config, args.overrides)
+    if distributed.initialize(config.distributed):  # before anything else touches JAX
+        print(distributed.describe(), flush=True)
+    import jax
+    from foundations.train.loop import train
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, run_dir, progress=not args.no_progress)
+    if jax.process_index() != 0:
+        return
     print(f"\nrun directory: {run_dir}")
     print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
           f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")

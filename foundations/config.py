@@ -113,6 +113,17 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process runs (parallel/distributed.py); empty values come from the environment."""
+    coordinator_address: str = ""  # host:port of process 0; "": $JAX_COORDINATOR_ADDRESS
+    num_processes: int = 0         # 0: $JAX_NUM_PROCESSES, else 1 (or auto-detected)
+    process_id: int = -1           # -1: $JAX_PROCESS_ID
+    auto: bool = True              # detect Cloud TPU VM slices and multi-task SLURM jobs
+    init_timeout_s: int = 300      # wait this long for all processes to join
+    heartbeat_timeout_s: int = 100  # a silent process is declared dead; the others then exit
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +132,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 CHOICES = {
