@@ -99,6 +99,11 @@ def _add_optional_commands(commands) -> None:
     except ImportError:
         pass
     try:
+        from foundations.compile import add_compile_parser
+        add_compile_parser(commands)
+    except ImportError:
+        pass
+    try:
         from foundations.scaling.cli import add_fit_parser, add_plot_parser, add_sweep_parser
         add_sweep_parser(commands)
         add_fit_parser(commands)

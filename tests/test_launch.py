@@ -75,3 +75,30 @@ def test_launchers_refuse_missing_arguments():
     for script in ("multihost_local.sh", "tpu_vm.sh", "slurm.sbatch"):
         result = subprocess.run(["bash", str(LAUNCH / script)], capture_output=True, text=True)
         assert result.returncode == 2 and "usage:" in result.stderr, script
+
+
+def test_parse_topology():
+    from foundations.compile import parse_topology
+    from foundations.config import ConfigError
+    assert parse_topology("v5p-128")["topology"] == "v5p:4x4x4"  # 128 TensorCores, 64 chips
+    assert parse_topology("v5p-8")["topology"] == "v5p:2x2x1"
+    assert parse_topology("v4-32")["devices"] == 16
+    assert parse_topology("v6e-16")["topology"] == "v6e:4x4"
+    assert parse_topology("cpu-8") == {"platform": "cpu", "devices": 8, "name": "cpu-8"}
+    with pytest.raises(ConfigError, match="expected cpu-N or one of"):
+        parse_topology("h100-8")
+    with pytest.raises(ConfigError, match="is not a v5p slice size"):
+        parse_topology("v5p-24")
+
+
+def test_compile_reports_sharded_memory_on_a_simulated_mesh(tiny_config):
+    from foundations.compile import compile_train_step, parse_topology
+    config = tiny_config("mesh.fsdp=8", "model.d_model=64")
+    report = compile_train_step(config, parse_topology("cpu-8"))
+    assert report["devices"] == 8 and report["mesh"]["fsdp"] == 8
+    state_bytes = 3 * 4 * report["parameters"]  # float32 params and two Adam moments
+    # fsdp splits every weight's embed axis 8 ways: a device holds far less than the whole state
+    assert state_bytes / 8 < report["argument_bytes"] < state_bytes / 2
+    assert report["alias_bytes"] > 0  # the state is donated: updated in place
+    assert report["bytes_per_device"] >= report["argument_bytes"]
+    assert report["flops_per_device"] > 0 and report["model_flops_per_step"] > 0
