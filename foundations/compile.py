@@ -64,6 +64,11 @@ def topology_devices(topology: dict):
                               f"{jax.device_count()} CPU devices (set XLA_FLAGS="
                               f"--xla_force_host_platform_device_count before JAX starts)")
         return jax.devices()[:topology["devices"]]
+    import importlib.util
+    if importlib.util.find_spec("libtpu") is None:
+        raise ConfigError(f"--topology {topology['name']} needs the libtpu package (pip install "
+                          "'jax[tpu]' or libtpu at the version jax pins); without it use "
+                          f"--topology cpu-{topology['devices']} for a simulated CPU mesh")
     from jax.experimental.topologies import get_topology_desc
     dims = [int(d) for d in topology["topology"].split(":")[1].split("x")]
     host = (2, 2, 1) if len(dims) == 3 else tuple(min(2, d) for d in dims)

@@ -81,7 +81,7 @@ def test_bubble_fraction_formula():
 def test_pipelined_training_logs_bubble_and_restores_unpipelined(tiny_config, tmp_path):
     from foundations.train.loop import load_run
     config = tiny_config("mesh.stage=2", "mesh.data=2", "mesh.microbatches=2", "train.steps=2",
-                         "checkpoint.every=0")
+                         "train.grad_accum=2", "checkpoint.every=0")
     summary = train(config, tmp_path, progress=False)
     records = [r for r in read_metrics(tmp_path) if "loss" in r]
     assert [r["step"] for r in records] == [1, 2]
