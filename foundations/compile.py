@@ -101,7 +101,13 @@ def compile_train_step(config, topology: dict) -> dict:
                                  sharding=trainer.batch_sharding)
     lowered = trainer._in_mesh(lambda: trainer._train_step.lower(trainer.abstract_state,
                                                                  batch))()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise ConfigError(f"does not fit on {topology['name']} with mesh {dict(mesh.shape)}: "
+                          f"{str(e).splitlines()[0]}") from None
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
