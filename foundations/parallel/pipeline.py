@@ -7,8 +7,9 @@ viewed as (stage, layers_per_stage, ...) and the schedule is a `lax.scan` over M
 a `vmap` over stages: each tick, stage 0 takes the next microbatch, every other stage takes what
 the stage before it produced on the previous tick (a shift of a stage-sharded array, which XLA
 turns into a collective-permute), and the last stage's output is collected. Autodiff of the scan
-gives the backward pass in reverse order. Idle (stage, tick) slots are the bubble:
-(S - 1) / (M + S - 1) of the time. Checkpoints are the same as without a pipeline.
+gives the backward pass in reverse order. The (stage, tick) slots without a real microbatch are the
+bubble, (S - 1) / (M + S - 1) of the time (here they compute on zeros that are thrown away).
+Checkpoints are the same as without a pipeline.
 """
 
 from __future__ import annotations
