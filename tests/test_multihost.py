@@ -49,7 +49,8 @@ def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path):
     config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3)
     log = tmp_path / "launch.log"
     proc = launch(log, 2, config_file, "--run-dir", str(tmp_path / "two"))
-    try:
+    try:  # meanwhile the reference: this process, 8 devices
+        train(load_config(config_file), tmp_path / "one", progress=False)
         proc.wait(timeout=240)
     finally:
         if proc.poll() is None:
@@ -58,8 +59,6 @@ def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path):
     assert proc.returncode == 0, output[-3000:]
     assert "[1] process 1 of 2, 4 local devices of 8" in output
     two = [r for r in read_metrics(tmp_path / "two") if "loss" in r]
-
-    train(load_config(config_file), tmp_path / "one", progress=False)  # this process: 8 devices
     one = [r for r in read_metrics(tmp_path / "one") if "loss" in r]
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
     for a, b in zip(one, two):
