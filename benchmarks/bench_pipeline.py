@@ -22,7 +22,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from foundations.config import load_config  # noqa: E402
 from foundations.parallel.pipeline import bubble_fraction  # noqa: E402
@@ -32,7 +31,7 @@ GRID = [(1, 1), (2, 1), (2, 2), (2, 4), (2, 8), (4, 1), (4, 2), (4, 4), (4, 8)]
 
 
 def step_time(args, stages: int, microbatches: int, data):
-    """The fastest of `args.steps` train steps (after the compiling one) in seconds, and the data."""
+    """The fastest of `args.steps` train steps (after the compiling one) in seconds; the data."""
     config = load_config(None, [
         f"model.num_layers={args.layers}", f"model.d_model={args.d_model}", "model.num_heads=4",
         f"model.max_seq_len={args.seq_len}", f"data.seq_len={args.seq_len}",

@@ -1,10 +1,10 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
 Mesh axes: `stage` (pipeline stages, each holding a contiguous slice of the layer stack; see
-parallel/pipeline.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard parameters
-and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and vocabulary
-inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py) meet the
-rules below; the first rule for a name whose mesh axis is still free on that array wins.
+parallel/pipeline.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard
+parameters and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and
+vocabulary inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py)
+meet the rules below; the first rule for a name whose mesh axis is still free on that array wins.
 """
 
 from __future__ import annotations
@@ -59,14 +59,13 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) > len(devices):
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor so their "
-                          "product matches")
+                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor so "
+                          "their product matches")
     devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                             devices=devices)
-    return Mesh(np.array(devices).reshape(sizes), MESH_AXES,
-                axis_types=(AxisType.Auto,) * len(MESH_AXES))
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
 
 
 def logical_shardings(logical_specs, mesh: Mesh):

@@ -88,8 +88,8 @@ class Trainer:
         if stages == 1:
             return None
         micro = self.config.mesh.microbatches
-        check_pipeline(stages, micro, self.model_cfg.num_layers,
-                       self.config.train.batch_size // self.grad_accum, batch_parallelism(self.mesh))
+        rows = self.config.train.batch_size // self.grad_accum
+        check_pipeline(stages, micro, self.model_cfg.num_layers, rows, batch_parallelism(self.mesh))
         return Pipeline(stages, micro)
 
     def _init_boxed(self, rng):
