@@ -13,10 +13,16 @@ from pathlib import Path
 
 def _train(args) -> None:
     from foundations.config import load_config
-    from foundations.train.loop import train
+    from foundations.parallel import distributed
     config = load_config(args.config, args.overrides)
+    if distributed.initialize(config.distributed):  # before anything else touches JAX
+        print(distributed.describe(), flush=True)
+    import jax
+    from foundations.train.loop import train
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, run_dir, progress=not args.no_progress)
+    if jax.process_index() != 0:
+        return
     print(f"\nrun directory: {run_dir}")
     print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
           f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
@@ -87,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
+    from foundations.compile import add_compile_parser
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -94,6 +101,7 @@ def _add_optional_commands(commands) -> None:
     add_sweep_parser(commands)
     add_fit_parser(commands)
     add_plot_parser(commands)
+    add_compile_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

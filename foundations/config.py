@@ -65,6 +65,8 @@ class MeshConfig:
     data: int = 1
     fsdp: int = 1
     tensor: int = 1
+    stage: int = 1                 # pipeline stages: the layer stack split S ways
+    microbatches: int = 1          # pipeline microbatches per step (bubble (S-1)/(M+S-1))
 
 
 @dataclass
@@ -112,6 +114,17 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process runs (parallel/distributed.py); empty values come from the environment."""
+    coordinator_address: str = ""  # host:port of process 0; "": $JAX_COORDINATOR_ADDRESS
+    num_processes: int = 0         # 0: $JAX_NUM_PROCESSES, else 1 (or auto-detected)
+    process_id: int = -1           # -1: $JAX_PROCESS_ID
+    auto: bool = True              # detect Cloud TPU VM slices and multi-task SLURM jobs
+    init_timeout_s: int = 300      # wait this long for all processes to join
+    heartbeat_timeout_s: int = 100  # a silent process is declared dead; the others then exit
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -120,6 +133,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 CHOICES = {
@@ -259,10 +273,27 @@ def validate(config: Config) -> None:
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
                           f"train.grad_accum={t.grad_accum}")
+    _validate_pipeline(config)
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={config.data.val_fraction} must be in [0, 1)")
     if not config.data.val_files and config.data.val_fraction == 0.0:
         raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
+
+
+def _validate_pipeline(config: Config) -> None:
+    """Pipeline settings that the config alone can refuse (the mesh checks the batch later)."""
+    mesh, layers = config.mesh, config.model.num_layers
+    if mesh.stage < 1 or mesh.microbatches < 1:
+        raise ConfigError("mesh.stage and mesh.microbatches must be positive")
+    if layers % mesh.stage:
+        raise ConfigError(f"model.num_layers={layers} is not divisible by mesh.stage={mesh.stage}")
+    micro = config.train.batch_size // config.train.grad_accum
+    if micro % mesh.microbatches:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} / train.grad_accum="
+                          f"{config.train.grad_accum} = {micro} sequences do not split into "
+                          f"mesh.microbatches={mesh.microbatches}")
+    if mesh.stage > 1 and config.model.dropout > 0:
+        raise ConfigError("model.dropout > 0 is not supported with mesh.stage > 1")
 
 
 def to_dict(config: Config) -> dict:

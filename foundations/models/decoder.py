@@ -7,6 +7,8 @@ axis, compile time stays flat in depth, and a pipeline can later split that axis
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -49,6 +51,7 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks"):
 class Decoder(nn.Module):
     """Maps token ids (B, T) to next-token logits (B, T, vocab_size)."""
     cfg: ModelConfig
+    pipeline: Any = None  # a parallel.pipeline.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True):
@@ -61,7 +64,10 @@ class Decoder(nn.Module):
             x = x + LearnedPositions(cfg, name="pos_embed")(positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "act_embed"))
-        x, _ = stacked_blocks(cfg, deterministic)(x, positions)
+        if self.pipeline is not None and not self.is_initializing():
+            x = self.pipeline(cfg, self.variables["params"]["blocks"], x, positions)
+        else:
+            x, _ = stacked_blocks(cfg, deterministic)(x, positions)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)

@@ -1,9 +1,10 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
-Mesh axes: `data` (replicas that split the batch), `fsdp` (split the batch *and* shard parameters
-and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and vocabulary
-inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py) meet the
-rules below; the first rule for a name whose mesh axis is still free on that array wins.
+Mesh axes: `stage` (pipeline stages, each holding a contiguous slice of the layer stack; see
+parallel/pipeline.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard
+parameters and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and
+vocabulary inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py)
+meet the rules below; the first rule for a name whose mesh axis is still free on that array wins.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from foundations.config import ConfigError, MeshConfig
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("stage", "data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # logical axis -> mesh axis (or None: replicated). Activations use `act_*` names so that the
@@ -38,15 +39,16 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("position", None),
     ("norm", None),
-    ("layers", None),
+    ("layers", "stage"),   # the scanned layer axis: contiguous slices per pipeline stage
+    ("stage", "stage"),
 )
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over the first prod(sizes) of `devices` (default: all);
-    one size may be -1: all the remaining devices."""
+    """A (stage, data, fsdp, tensor) mesh over the first prod(sizes) of `devices` (default:
+    all); one size may be -1: all the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    sizes = [getattr(cfg, axis) for axis in MESH_AXES]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be positive "
                           "(at most one may be -1, meaning 'the remaining devices')")
@@ -57,14 +59,13 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) > len(devices):
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {len(devices)} are available; set mesh.data/fsdp/tensor so their "
-                          "product matches")
+                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor so "
+                          "their product matches")
     devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                             devices=devices)
-    return Mesh(np.array(devices).reshape(sizes), MESH_AXES,
-                axis_types=(AxisType.Auto,) * 3)
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+    return Mesh(np.array(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
 
 
 def logical_shardings(logical_specs, mesh: Mesh):

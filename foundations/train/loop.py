@@ -153,7 +153,7 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
     devices = jax.devices()[:1] if single_device else None
     if single_device:
         config = dataclasses.replace(config, mesh=dataclasses.replace(
-            config.mesh, data=1, fsdp=1, tensor=1))
+            config.mesh, data=1, fsdp=1, tensor=1, stage=1))
     data, trainer = build(config, make_mesh(config.mesh, devices))
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     step = manager.latest_step()

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from foundations.config import Config, ConfigError, ModelConfig
 from foundations.models.decoder import Decoder
 from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.parallel.pipeline import Pipeline, check_pipeline
 from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding, check_divisible,
                                        logical_shardings, replicated)
 from foundations.train.optim import make_optimizer
@@ -37,7 +38,9 @@ class Trainer:
         self.seq_len = config.data.seq_len
         self.grad_accum = config.train.grad_accum
         self._check_batch(config.train.batch_size)
-        self.model = Decoder(model_cfg)
+        self.pipeline = self._make_pipeline()
+        self.model = Decoder(model_cfg, pipeline=self.pipeline)
+        self.plain_model = Decoder(model_cfg)  # generation: any row count, no microbatches
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
                                                 config.train.steps)
         self.counts = param_counts(model_cfg)
@@ -79,10 +82,20 @@ class Trainer:
             raise ConfigError(f"{micro} sequences per microbatch do not divide over "
                               f"{jax.process_count()} processes")
 
+    def _make_pipeline(self) -> Pipeline | None:
+        """The pipeline schedule when the mesh has a `stage` axis larger than 1."""
+        stages = self.mesh.shape.get("stage", 1)
+        if stages == 1:
+            return None
+        micro = self.config.mesh.microbatches
+        rows = self.config.train.batch_size // self.grad_accum
+        check_pipeline(stages, micro, self.model_cfg.num_layers, rows, batch_parallelism(self.mesh))
+        return Pipeline(stages, micro)
+
     def _init_boxed(self, rng):
         params_rng, dropout_rng = jax.random.split(rng)
         dummy = jnp.zeros((batch_parallelism(self.mesh), self.seq_len), jnp.int32)
-        params = self.model.init(params_rng, dummy)["params"]
+        params = self.plain_model.init(params_rng, dummy)["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.tx.init(nn.unbox(params)), "rng": dropout_rng}
 
@@ -121,6 +134,8 @@ class Trainer:
                      "rng": state["rng"]}
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": self.schedule(state["step"])}
+        if self.pipeline is not None:
+            metrics["bubble_fraction"] = jnp.float32(self.pipeline.bubble_fraction)
         return new_state, metrics
 
     def _eval(self, params, batch):
@@ -128,7 +143,7 @@ class Trainer:
 
     def _last_logits(self, params, tokens, index):
         """Logits at position index[row] of each row: what the next token should be."""
-        logits = self.model.apply({"params": params}, tokens)
+        logits = self.plain_model.apply({"params": params}, tokens)
         return jnp.take_along_axis(logits, index[:, None, None], axis=1)[:, 0]
 
     def _in_mesh(self, fn):
