@@ -2,8 +2,9 @@
 
 Mesh axes: `data` (replicas that split the batch), `fsdp` (split the batch *and* shard parameters
 and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and vocabulary
-inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py) meet the
-rules below; the first rule for a name whose mesh axis is still free on that array wins.
+inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by expert; it
+splits the batch too, so outside the MoE layers it acts like `data`). A parameter's logical axes
+(see models/layers.py) meet the rules below; the first rule for a name whose mesh axis is still free on that array wins.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from foundations.config import ConfigError, MeshConfig
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # logical axis -> mesh axis (or None: replicated). Activations use `act_*` names so that the
 # model dimension of an activation stays whole while the same dimension of a weight is sharded.
@@ -39,14 +40,16 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("position", None),
     ("norm", None),
     ("layers", None),
+    ("expert", "expert"),
+    ("act_expert", "expert"),
 )
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over the first prod(sizes) of `devices` (default: all);
+    """A (data, fsdp, tensor, expert) mesh over the first prod(sizes) of `devices` (default: all);
     one size may be -1: all the remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor, cfg.expert]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be positive "
                           "(at most one may be -1, meaning 'the remaining devices')")
@@ -57,14 +60,14 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) > len(devices):
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {len(devices)} are available; set mesh.data/fsdp/tensor so their "
-                          "product matches")
+                          f"but {len(devices)} are available; set mesh.data/fsdp/tensor/expert "
+                          "so their product matches")
     devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
     if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                             devices=devices)
+        return jax.make_mesh(tuple(sizes), MESH_AXES,
+                             axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES,
-                axis_types=(AxisType.Auto,) * 3)
+                axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def logical_shardings(logical_specs, mesh: Mesh):
@@ -88,13 +91,13 @@ def check_divisible(abstract_tree, shardings, what: str = "parameter") -> None:
 
 
 def batch_sharding(mesh: Mesh, leading_unsharded: int = 0) -> NamedSharding:
-    """Batch arrays split their example axis over (data, fsdp); `leading_unsharded` axes stay whole
+    """Batch arrays split their example axis over BATCH_AXES; `leading_unsharded` axes stay whole
     (e.g. the microbatch axis of gradient accumulation)."""
     return NamedSharding(mesh, PartitionSpec(*([None] * leading_unsharded), BATCH_AXES))
 
 
 def batch_parallelism(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
