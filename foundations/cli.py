@@ -18,8 +18,12 @@ def _train(args) -> None:
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, run_dir, progress=not args.no_progress)
     print(f"\nrun directory: {run_dir}")
-    print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
-          f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
+    if "val_bpb" in summary:
+        print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
+              f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
+    else:
+        from foundations.inference.evaluate import describe
+        print(f"step {summary['step']}: {describe(summary)}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
 
