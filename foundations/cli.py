@@ -38,6 +38,10 @@ def _eval(args) -> None:
     result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
                       args.max_batches)
     step = int(state["step"])
+    if "val_bpb" not in result:  # objectives other than causal LM report their own metrics
+        from foundations.inference.evaluate import describe
+        print(f"{', '.join(args.files)} at step {step}: {describe(result)}")
+        return
     print(f"{', '.join(args.files)} at step {step}: loss {result['val_loss']:.4f}, "
           f"perplexity {result['val_ppl']:.2f}, bits per byte {result['val_bpb']:.3f}")
 

@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """One decoder-only Transformer; GPT-2 and LLaMA are settings of these fields."""
+    """One Transformer code base; GPT-2, LLaMA, Mixtral, BERT and T5 are settings of these
+    fields (`family` picks decoder-only, encoder-only or encoder-decoder)."""
     vocab_size: int = 0            # 0: the tokenizer's size, rounded up to vocab_multiple
     vocab_multiple: int = 64       # pad the embedding table so it divides meshes and tiles well
     num_layers: int = 4

@@ -48,7 +48,8 @@ class Trainer:
         param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
-        if model_cfg.family != "decoder" or model_cfg.num_experts:  # counted from the model
+        if (model_cfg.family != "decoder" or model_cfg.num_experts
+                or model_cfg.positions == "t5_bias"):  # counted from the model itself
             total = sum(x.size for x in jax.tree.leaves(abstract_params))
             embedding = model_cfg.vocab_size * model_cfg.d_model
             self.counts = ParamCounts(total, embedding, total - embedding)
