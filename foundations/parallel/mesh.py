@@ -4,7 +4,8 @@ Mesh axes: `data` (replicas that split the batch), `fsdp` (split the batch *and*
 and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and vocabulary
 inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by expert; it
 splits the batch too, so outside the MoE layers it acts like `data`). A parameter's logical axes
-(see models/layers.py) meet the rules below; the first rule for a name whose mesh axis is still free on that array wins.
+(see models/layers.py) meet the rules below; the first rule for a name whose mesh axis is still
+free on that array wins.
 """
 
 from __future__ import annotations
