@@ -24,11 +24,12 @@ def evaluate(trainer, params, tokens: np.ndarray, bytes_per_token: float, batch_
     means = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
     loss = means.pop("loss")
     out = {"val_loss": loss}
+    lm_loss = means.get("task_loss", loss)   # without MoE router losses
     objective = getattr(trainer, "objective", None)
     if objective is None or objective.reports_perplexity:
-        out["val_ppl"] = math.exp(min(loss, 50.0))
+        out["val_ppl"] = math.exp(min(lm_loss, 50.0))
     if objective is None or objective.name == "clm":
-        out["val_bpb"] = loss / math.log(2) / bytes_per_token
+        out["val_bpb"] = lm_loss / math.log(2) / bytes_per_token
     return {**out, **{f"val_{k}": v for k, v in means.items() if k != "ppl"}}
 
 
