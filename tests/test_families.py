@@ -144,3 +144,23 @@ def test_recipes_load_and_big_shapes_match_the_references(name):
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             *((x, x) if model_cfg.family == "encdec" else (x,)))
     assert sum(v.size for v in jax.tree.leaves(shapes["params"])) == BIG_SHAPES[name]
+
+
+def test_t5_decoder_is_causal_reads_the_encoder_and_shares_its_bias(tiny_config):
+    from foundations.models.encdec import EncoderDecoder
+    cfg = resolved_model(tiny_config(*T5), 258)
+    model = EncoderDecoder(cfg)
+    inputs = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, 256)
+    targets = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, 256)
+    params = jax.jit(model.init)(jax.random.PRNGKey(2), inputs, targets)
+    apply = jax.jit(model.apply)
+    logits = apply(params, inputs, targets)
+    later = apply(params, inputs, targets.at[:, 4:].set(7))        # change future targets
+    np.testing.assert_allclose(logits[:, :4], later[:, :4], atol=1e-5)
+    other_input = apply(params, inputs.at[:, 5].set(9), targets)     # change one input token
+    assert np.abs(np.asarray(other_input - logits)).max() > 1e-4
+    # one relative-position table per stack, shared by its layers (no `layers` axis)
+    p = params["params"]
+    assert p["encoder_rel_bias"]["table"].value.shape == (32, 4)
+    assert p["decoder_rel_bias"]["table"].value.shape == (32, 4)
+    assert "cross_attention" in p["decoder"] and "cross_attention" not in p["encoder"]
