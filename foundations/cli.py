@@ -24,8 +24,12 @@ def _train(args) -> None:
     if jax.process_index() != 0:
         return
     print(f"\nrun directory: {run_dir}")
-    print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
-          f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
+    if "val_bpb" in summary:
+        print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
+              f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
+    else:
+        from foundations.inference.evaluate import describe
+        print(f"step {summary['step']}: {describe(summary)}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
 
@@ -40,6 +44,10 @@ def _eval(args) -> None:
     result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
                       args.max_batches)
     step = int(state["step"])
+    if "val_bpb" not in result:  # objectives other than causal LM report their own metrics
+        from foundations.inference.evaluate import describe
+        print(f"{', '.join(args.files)} at step {step}: {describe(result)}")
+        return
     print(f"{', '.join(args.files)} at step {step}: loss {result['val_loss']:.4f}, "
           f"perplexity {result['val_ppl']:.2f}, bits per byte {result['val_bpb']:.3f}")
 

@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """One decoder-only Transformer; GPT-2 and LLaMA are settings of these fields."""
+    """One Transformer code base; GPT-2, LLaMA, Mixtral, BERT and T5 are settings of these
+    fields (`family` picks decoder-only, encoder-only or encoder-decoder)."""
     vocab_size: int = 0            # 0: the tokenizer's size, rounded up to vocab_multiple
     vocab_multiple: int = 64       # pad the embedding table so it divides meshes and tiles well
     num_layers: int = 4
@@ -45,6 +46,22 @@ class ModelConfig:
     dtype: str = "float32"         # compute dtype: float32 | bfloat16 (params stay param_dtype)
     param_dtype: str = "float32"
     remat: str = "none"            # none | full | dots: recompute block activations in backward
+    # ---- model families (see foundations/models/families.py)
+    family: str = "decoder"        # decoder (GPT/LLaMA/Mixtral) | encoder (BERT) | encdec (T5)
+    norm_position: str = "pre"     # pre: x + f(norm(x)) | post: norm(x + f(x)) (BERT)
+    num_decoder_layers: int = 0    # encdec: decoder depth; 0: num_layers
+    type_vocab_size: int = 2       # encoder: segment (token type) embeddings; 0: none
+    local_window_size: int = 0     # >0: each query sees only the last N keys (itself included)
+    rope_scaling: str = "none"     # none | linear (position interpolation) | ntk (NTK-aware theta)
+    rope_scaling_factor: float = 1.0   # context extension factor for rope_scaling
+    relative_buckets: int = 32     # t5_bias: number of relative-position buckets
+    relative_max_distance: int = 128   # t5_bias: distances beyond this share the last bucket
+    # ---- mixture of experts (num_experts > 0 replaces each block's MLP)
+    num_experts: int = 0
+    experts_per_token: int = 2     # top-k routing
+    capacity_factor: float = 0.0   # 0: dropless; >0: each expert takes cf * k * T / E tokens
+    router_aux_loss_coef: float = 0.01   # Switch/Mixtral load-balancing loss weight
+    router_z_loss_coef: float = 0.0      # ST-MoE router z-loss weight
 
 
 @dataclass
@@ -67,6 +84,7 @@ class MeshConfig:
     tensor: int = 1
     stage: int = 1                 # pipeline stages: the layer stack split S ways
     microbatches: int = 1          # pipeline microbatches per step (bubble (S-1)/(M+S-1))
+    expert: int = 1                # shards MoE experts (and, like data, the batch)
 
 
 @dataclass
@@ -111,6 +129,14 @@ class TrainConfig:
     sample_tokens: int = 200
     sample_temperature: float = 0.8
     peak_flops: float = 0.0        # per device, for MFU; 0: looked up from the device kind
+    # ---- objectives (see foundations/objectives/)
+    objective: str = "clm"         # clm | mlm | span | prefix_lm | electra
+    mask_prob: float = 0.15        # mlm/electra: share of tokens selected for prediction
+    whole_word_mask: bool = False  # mlm/electra: select whole words, not single tokens
+    noise_density: float = 0.15    # span: share of tokens corrupted
+    mean_span_length: float = 3.0  # span: mean length of a corrupted span
+    electra_generator_scale: float = 0.25  # electra: generator width / discriminator width
+    electra_disc_weight: float = 50.0      # electra: lambda on the discriminator loss
 
 
 @dataclass
@@ -139,7 +165,11 @@ class Config:
 CHOICES = {
     "model.norm": ("layernorm", "rmsnorm"),
     "model.mlp": ("gelu", "swiglu"),
-    "model.positions": ("learned", "rope"),
+    "model.positions": ("learned", "rope", "sinusoidal", "alibi", "t5_bias", "none"),
+    "model.family": ("decoder", "encoder", "encdec"),
+    "model.norm_position": ("pre", "post"),
+    "model.rope_scaling": ("none", "linear", "ntk"),
+    "train.objective": ("clm", "mlm", "span", "prefix_lm", "electra"),
     "model.attention_impl": ("auto", "xla", "cudnn"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -278,6 +308,31 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.val_fraction={config.data.val_fraction} must be in [0, 1)")
     if not config.data.val_files and config.data.val_fraction == 0.0:
         raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
+    validate_family(config)
+
+
+# which objectives each family trains with
+FAMILY_OBJECTIVES = {"decoder": ("clm", "prefix_lm"), "encoder": ("mlm", "electra"),
+                     "encdec": ("span",)}
+
+
+def validate_family(config: Config) -> None:
+    """Family, objective, positions and mixture-of-experts settings that must agree."""
+    m, t = config.model, config.train
+    if t.objective not in FAMILY_OBJECTIVES[m.family]:
+        raise ConfigError(f"train.objective={t.objective!r} does not fit model.family="
+                          f"{m.family!r}; use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
+    if m.num_experts < 0 or m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:
+        raise ConfigError(f"model.experts_per_token={m.experts_per_token} must be in "
+                          f"[1, model.num_experts={m.num_experts}]")
+    if m.num_experts and m.family != "decoder":
+        raise ConfigError("model.num_experts > 0 is supported for model.family=decoder only")
+    if m.capacity_factor < 0 or m.local_window_size < 0 or m.rope_scaling_factor < 1.0:
+        raise ConfigError("model.capacity_factor and model.local_window_size must be >= 0, "
+                          "model.rope_scaling_factor >= 1")
+    if not 0.0 < t.mask_prob < 1.0 or not 0.0 < t.noise_density < 1.0 or t.mean_span_length < 1:
+        raise ConfigError("train.mask_prob and train.noise_density must be in (0, 1), "
+                          "train.mean_span_length >= 1")
 
 
 def _validate_pipeline(config: Config) -> None:

@@ -1,5 +1,8 @@
-"""Causal multi-head self-attention with grouped-query heads, on `jax.nn.dot_product_attention`.
+"""Multi-head attention with grouped-query heads, on `jax.nn.dot_product_attention`.
 
+One module for every kind the families need: causal or bidirectional self-attention, an optional
+boolean mask (padding, prefix LM) and additive bias (ALiBi, T5 relative positions), a sliding
+window (`local_window_size`), and cross-attention (keys/values from `context`).
 `num_kv_heads < num_heads` shares each key/value head among a group of query heads (GQA; 1 is MQA).
 `attention_impl` picks the kernel: 'xla' everywhere, 'cudnn' for the fused flash kernel on GPUs.
 """
@@ -11,34 +14,53 @@ import jax
 
 from foundations.config import ModelConfig
 from foundations.models.layers import Einsum, constrain, residual_std
-from foundations.models.positions import apply_rope
+from foundations.models.positions import apply_rope, scaled_rope
 
 
-class CausalSelfAttention(nn.Module):
+def window(cfg: ModelConfig, causal: bool):
+    """(left, right) keys visible around each query for `local_window_size`, or None."""
+    w = cfg.local_window_size
+    return None if not w else (w - 1, 0 if causal else w - 1)
+
+
+class Attention(nn.Module):
+    """Self-attention (context None) or cross-attention; `causal` masks future keys."""
     cfg: ModelConfig
+    causal: bool = True
 
     @nn.compact
-    def __call__(self, x, positions, deterministic: bool = True):
+    def __call__(self, x, positions, deterministic: bool = True, mask=None, bias=None,
+                 context=None):
         cfg = self.cfg
+        kv_input = x if context is None else context
 
-        def project(heads, name):
+        def project(inputs, heads, name):
             axes = ("embed", "heads" if name == "query" else "kv_heads", "head_dim")
             return Einsum(cfg, "btd,dhk->bthk", (cfg.d_model, heads, cfg.head_dim), axes,
-                          cfg.init_std, bias_axes=axes[1:], name=name)(x)
+                          cfg.init_std, bias_axes=axes[1:], name=name)(inputs)
 
-        q = project(cfg.num_heads, "query")
-        k = project(cfg.num_kv_heads, "key")
-        v = project(cfg.num_kv_heads, "value")
-        if cfg.positions == "rope":
-            q = apply_rope(q, positions, cfg.rope_theta)
-            k = apply_rope(k, positions, cfg.rope_theta)
+        q = project(x, cfg.num_heads, "query")
+        k = project(kv_input, cfg.num_kv_heads, "key")
+        v = project(kv_input, cfg.num_kv_heads, "value")
+        if cfg.positions == "rope" and context is None:
+            rope_positions, theta = scaled_rope(positions, cfg.head_dim, cfg.rope_theta,
+                                                cfg.rope_scaling, cfg.rope_scaling_factor)
+            q = apply_rope(q, rope_positions, theta)
+            k = apply_rope(k, rope_positions, theta)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
         impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+        out = jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=mask, is_causal=self.causal, implementation=impl,
+            local_window_size=window(cfg, self.causal) if context is None else None)
         out = constrain(out, ("batch", "length", "act_heads", "head_dim"))
         out = Einsum(cfg, "bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.d_model),
                      ("heads", "head_dim", "embed"), residual_std(cfg), bias_axes=("embed",),
                      name="out")(out)
         return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+
+
+CausalSelfAttention = Attention  # the name the decoder-only code base used first

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
-from foundations.models.attention import CausalSelfAttention
+from foundations.models.attention import Attention
 from foundations.models.layers import Einsum, Embedding, Mlp, Norm, constrain
-from foundations.models.positions import LearnedPositions
+from foundations.models.moe import MoeMlp
+from foundations.models.positions import add_positions, attention_bias
 
 REMAT_POLICIES = {
     "full": None,  # keep nothing, recompute the whole block in the backward pass
@@ -25,49 +26,67 @@ REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + mlp(norm(x)): the pre-norm residual block."""
+    """Attention, [cross-attention,] MLP, each a residual: pre-norm x + f(norm(x)) (GPT-2, LLaMA,
+    T5) or post-norm norm(x + f(x)) (BERT). The MLP is a mixture of experts if num_experts > 0."""
     cfg: ModelConfig
     deterministic: bool = True
+    causal: bool = True
+    cross: bool = False
 
     @nn.compact
-    def __call__(self, x, positions):
-        x = x + CausalSelfAttention(self.cfg, name="attention")(
-            Norm(self.cfg, name="attention_norm")(x), positions, self.deterministic)
-        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x), self.deterministic)
+    def __call__(self, x, positions, mask=None, bias=None, context=None, context_mask=None):
+        cfg, det = self.cfg, self.deterministic
+
+        def residual(x, layer, name):
+            if cfg.norm_position == "post":
+                return Norm(cfg, name=f"{name}_norm")(x + layer(x))
+            return x + layer(Norm(cfg, name=f"{name}_norm")(x))
+
+        x = residual(x, lambda h: Attention(cfg, self.causal, name="attention")(
+            h, positions, det, mask, bias), "attention")
+        if self.cross:
+            x = residual(x, lambda h: Attention(cfg, False, name="cross_attention")(
+                h, positions, det, context_mask, None, context), "cross_attention")
+        mlp = MoeMlp if cfg.num_experts else Mlp
+        x = residual(x, lambda h: mlp(cfg, name="mlp")(h, det), "mlp")
         return constrain(x, ("batch", "length", "act_embed")), None
 
 
-def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks"):
-    """cfg.num_layers Blocks under nn.scan (and nn.remat if asked); params get a `layers` axis."""
+def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
+                   causal: bool = True, cross: bool = False, num_layers: int = 0):
+    """num_layers (default cfg.num_layers) Blocks under nn.scan (and nn.remat if asked); params
+    get a `layers` axis. Call with (x, positions, mask, bias, context, context_mask)."""
     block = Block
     if cfg.remat != "none":
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
-    scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=(nn.broadcast,), length=cfg.num_layers,
+    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+                      split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
+                      length=num_layers or cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-    return scanned(cfg, deterministic, name=name)
+    return scanned(cfg, deterministic, causal, cross, name=name)
 
 
 class Decoder(nn.Module):
-    """Maps token ids (B, T) to next-token logits (B, T, vocab_size)."""
+    """Maps token ids (B, T) to next-token logits (B, T, vocab_size). A boolean `mask`
+    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix)."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.pipeline.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
-    def __call__(self, tokens, positions=None, deterministic: bool = True):
+    def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         embed = Embedding(cfg, cfg.vocab_size, ("vocab", "embed"), name="token_embed")
-        x = embed(tokens)
-        if cfg.positions == "learned":
-            x = x + LearnedPositions(cfg, name="pos_embed")(positions)
+        x = add_positions(cfg, embed(tokens), positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "act_embed"))
+        bias = attention_bias(cfg, tokens.shape[1], bidirectional=False)
         if self.pipeline is not None and not self.is_initializing():
             x = self.pipeline(cfg, self.variables["params"]["blocks"], x, positions)
         else:
-            x, _ = stacked_blocks(cfg, deterministic)(x, positions)
+            x, _ = stacked_blocks(cfg, deterministic, causal=mask is None)(
+                x, positions, mask, bias, None, None)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:
             logits = embed.attend(x)

@@ -1,4 +1,6 @@
-"""Position information: learned absolute embeddings (GPT-2) and rotary embeddings (RoPE, LLaMA).
+"""Position information: learned (GPT-2, BERT) and sinusoidal absolute embeddings, rotary
+embeddings (RoPE, LLaMA; with linear or NTK-aware scaling for longer contexts), and attention
+biases: ALiBi and T5's bucketed relative-position bias.
 
 RoPE rotates each (x_i, x_{i+D/2}) pair of a query/key by an angle proportional to its position,
 so the query-key dot product depends only on the offset between the two positions.
@@ -6,12 +8,14 @@ so the query-key dot product depends only on the offset between the two position
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
-from foundations.models.layers import Embedding
+from foundations.models.layers import Embedding, normal
 
 
 def rope_angles(positions: jax.Array, head_dim: int, theta: float) -> jax.Array:
@@ -37,3 +41,99 @@ class LearnedPositions(nn.Module):
     def __call__(self, positions):
         cfg = self.cfg
         return Embedding(cfg, cfg.max_seq_len, ("position", "embed"), name="table")(positions)
+
+
+def scaled_rope(positions: jax.Array, head_dim: int, theta: float, scaling: str = "none",
+                factor: float = 1.0) -> tuple[jax.Array, float]:
+    """Positions and theta for a context `factor` times the trained one: 'linear' squeezes the
+    positions (position interpolation, Chen et al. 2023); 'ntk' raises theta by
+    factor^(D/(D-2)) so low frequencies stretch while high ones stay (NTK-aware scaling)."""
+    if scaling == "linear":
+        return positions.astype(jnp.float32) / factor, theta
+    if scaling == "ntk":
+        return positions, theta * factor ** (head_dim / (head_dim - 2))
+    return positions, theta
+
+
+def sinusoidal_table(positions: jax.Array, d_model: int) -> jax.Array:
+    """The fixed sin/cos embeddings of "Attention is all you need": (..., T) -> (..., T, d)."""
+    inv_freq = 10000.0 ** (-jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # interleave sin, cos
+    return table.reshape(*angles.shape[:-1], -1)[..., :d_model]
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+    """ALiBi's per-head slopes: a geometric sequence 2^(-8/n), 2^(-16/n), ... (Press et al.);
+    for a head count that is not a power of two, the interleaved extra slopes of the paper."""
+    def power_of_two(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_two(closest)
+    slopes += power_of_two(2 * closest)[0::2][:num_heads - closest]
+    return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(q_positions: jax.Array, k_positions: jax.Array, num_heads: int) -> jax.Array:
+    """-slope_h * |i - j|: a penalty linear in the distance; (Tq,), (Tk,) -> (1, H, Tq, Tk)."""
+    distance = jnp.abs(q_positions[:, None] - k_positions[None, :]).astype(jnp.float32)
+    return -alibi_slopes(num_heads)[None, :, None, None] * distance[None, None]
+
+
+def relative_position_bucket(relative: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """T5's buckets of (key - query): exact for small distances, logarithmic up to max_distance,
+    then one bucket; a bidirectional model spends half the buckets on each direction."""
+    bucket = jnp.zeros_like(relative)
+    n = -relative  # > 0: the key lies before the query
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (n < 0).astype(relative.dtype) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    log_ratio = jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact) / math.log(
+        max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned bias per (bucket, head), computed once and shared by every layer of a stack."""
+    cfg: ModelConfig
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int) -> jax.Array:
+        cfg = self.cfg
+        table = self.param("table", normal(cfg.init_std, ("position", "heads")),
+                           (cfg.relative_buckets, cfg.num_heads), jnp.float32)
+        relative = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
+        buckets = relative_position_bucket(relative, self.bidirectional, cfg.relative_buckets,
+                                           cfg.relative_max_distance)
+        return jnp.transpose(table[buckets], (2, 0, 1))[None]  # (1, H, Tq, Tk)
+
+
+def attention_bias(cfg: ModelConfig, length: int, bidirectional: bool, name: str = "rel_bias"):
+    """The additive attention bias a stack's position scheme asks for (alibi, t5_bias), or None.
+    Call inside a compact module: t5_bias creates its table there."""
+    if cfg.positions == "alibi":
+        positions = jnp.arange(length)
+        return alibi_bias(positions, positions, cfg.num_heads)
+    if cfg.positions == "t5_bias":
+        return RelativePositionBias(cfg, bidirectional, name=name)(length, length)
+    return None
+
+
+def add_positions(cfg: ModelConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
+    """Adds absolute position embeddings (learned or sinusoidal) to x; other schemes act inside
+    attention. Call inside a compact module: the learned table is created there."""
+    if cfg.positions == "learned":
+        return x + LearnedPositions(cfg, name="pos_embed")(positions)
+    if cfg.positions == "sinusoidal":
+        return x + sinusoidal_table(positions, cfg.d_model).astype(x.dtype)
+    return x

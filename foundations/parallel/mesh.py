@@ -3,8 +3,10 @@
 Mesh axes: `stage` (pipeline stages, each holding a contiguous slice of the layer stack; see
 parallel/pipeline.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard
 parameters and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and
-vocabulary inside each layer, Megatron-style). A parameter's logical axes (see models/layers.py)
-meet the rules below; the first rule for a name whose mesh axis is still free on that array wins.
+vocabulary inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by
+expert; it splits the batch too, so outside the MoE layers it acts like `data`). A parameter's
+logical axes (see models/layers.py) meet the rules below; the first rule for a name whose mesh
+axis is still free on that array wins.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from foundations.config import ConfigError, MeshConfig
 
-MESH_AXES = ("stage", "data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+MESH_AXES = ("stage", "data", "fsdp", "tensor", "expert")
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # logical axis -> mesh axis (or None: replicated). Activations use `act_*` names so that the
 # model dimension of an activation stays whole while the same dimension of a weight is sharded.
@@ -41,6 +43,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("layers", "stage"),   # the scanned layer axis: contiguous slices per pipeline stage
     ("stage", "stage"),
+    ("expert", "expert"),
+    ("act_expert", "expert"),
 )
 
 
@@ -59,8 +63,8 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) > len(devices):
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor so "
-                          "their product matches")
+                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor/"
+                          "expert so their product matches")
     devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == len(jax.devices()):
@@ -89,13 +93,13 @@ def check_divisible(abstract_tree, shardings, what: str = "parameter") -> None:
 
 
 def batch_sharding(mesh: Mesh, leading_unsharded: int = 0) -> NamedSharding:
-    """Batch arrays split their example axis over (data, fsdp); `leading_unsharded` axes stay whole
+    """Batch arrays split their example axis over BATCH_AXES; `leading_unsharded` axes stay whole
     (e.g. the microbatch axis of gradient accumulation)."""
     return NamedSharding(mesh, PartitionSpec(*([None] * leading_unsharded), BATCH_AXES))
 
 
 def batch_parallelism(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

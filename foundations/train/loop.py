@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from foundations.config import Config, ConfigError, resolved_model, save_config
 from foundations.data.pipeline import TextData, load_text_data, train_iterator
-from foundations.inference.evaluate import evaluate
+from foundations.inference.evaluate import describe, evaluate
 from foundations.inference.generate import generate
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
@@ -36,7 +36,7 @@ def build(config: Config, mesh=None, data: TextData | None = None):
     data = data or load_text_data(config.data)
     model_cfg = resolved_model(config, data.tokenizer.vocab_size)
     mesh = mesh if mesh is not None else make_mesh(config.mesh)
-    return data, Trainer(config, model_cfg, mesh)
+    return data, Trainer(config, model_cfg, mesh, data.tokenizer)
 
 
 def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
@@ -73,7 +73,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                dynamic_ncols=True, desc="train")
     timer_start, timer_steps, val = None, 0, {}
     for step in range(start + 1, tc.steps + 1):
-        batch = trainer.put_batch(next(iterator))
+        batch = trainer.put_batch(next(iterator), step)
         state, metrics = trainer.train_step(state, batch)
         if timer_start is None:  # the first step compiles; time from the end of it
             jax.block_until_ready(metrics)
@@ -100,8 +100,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                 val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
                                tc.batch_size, tc.eval_batches)
                 metrics.update(val)
-                log(f"step {step}: val_loss {val['val_loss']:.4f}  ppl {val['val_ppl']:.2f}  "
-                    f"bpb {val['val_bpb']:.3f}")
+                log(f"step {step}: {describe(val)}")
                 timer_start = None  # evaluation time is not training time
             writer.write(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}",
@@ -120,7 +119,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
                        tc.batch_size, tc.eval_batches)
     sample = ""
-    if tc.sample_tokens:
+    if tc.sample_tokens and config.model.family == "decoder":
         sample = sample_text(trainer, state["params"], data.tokenizer, tc.sample_prompt,
                              tc.sample_tokens, tc.sample_temperature, tc.seed)
     summary = {"step": int(jax.device_get(state["step"])), **val, "sample": sample}
@@ -153,7 +152,7 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
     devices = jax.devices()[:1] if single_device else None
     if single_device:
         config = dataclasses.replace(config, mesh=dataclasses.replace(
-            config.mesh, data=1, fsdp=1, tensor=1, stage=1))
+            config.mesh, data=1, fsdp=1, tensor=1, stage=1, expert=1))
     data, trainer = build(config, make_mesh(config.mesh, devices))
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     step = manager.latest_step()

@@ -3,7 +3,8 @@
 The training state is a plain dict {step, params, opt_state, rng}. Parameter shardings come from
 the logical axis names the model declares and the rules table; optimizer moments that mirror the
 parameters get the same shardings; everything else is replicated. The step functions are jitted
-with those shardings, so the same code runs on 1 device or a (data, fsdp, tensor) mesh.
+with those shardings, so the same code runs on 1 device or a (stage, data, fsdp, tensor, expert)
+mesh.
 """
 
 from __future__ import annotations
@@ -17,30 +18,34 @@ from jax.sharding import Mesh
 
 from foundations.config import Config, ConfigError, ModelConfig
 from foundations.models.decoder import Decoder
-from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.models.families import build_model
+from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
+from foundations.objectives import make_objective
+from foundations.objectives.base import EVAL
+from foundations.objectives.losses import cross_entropy  # noqa: F401 (was defined here)
 from foundations.parallel.pipeline import Pipeline, check_pipeline
 from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding, check_divisible,
                                        logical_shardings, replicated)
+from foundations.tokenizers import load_tokenizer
 from foundations.train.optim import make_optimizer
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean next-token negative log-likelihood in float32 (the causal LM loss, in nats)."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), targets).mean()
 
 
 class Trainer:
     """Model, optimizer and shardings for one config on one mesh, with jitted steps."""
 
-    def __init__(self, config: Config, model_cfg: ModelConfig, mesh: Mesh):
+    def __init__(self, config: Config, model_cfg: ModelConfig, mesh: Mesh, tokenizer=None):
         self.config, self.model_cfg, self.mesh = config, model_cfg, mesh
         self.seq_len = config.data.seq_len
         self.grad_accum = config.train.grad_accum
         self._check_batch(config.train.batch_size)
+        tokenizer = tokenizer or load_tokenizer(config.data.tokenizer)
+        self.objective = make_objective(config, model_cfg, tokenizer)
+        # plain_model: init and generation (any row count, no microbatches); model: training
+        self.plain_model = build_model(model_cfg, config.train.objective,
+                                       config.train.electra_generator_scale)
         self.pipeline = self._make_pipeline()
-        self.model = Decoder(model_cfg, pipeline=self.pipeline)
-        self.plain_model = Decoder(model_cfg)  # generation: any row count, no microbatches
+        self.model = (self.plain_model if self.pipeline is None
+                      else Decoder(model_cfg, pipeline=self.pipeline))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
                                                 config.train.steps)
         self.counts = param_counts(model_cfg)
@@ -50,6 +55,11 @@ class Trainer:
         param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
+        if (model_cfg.family != "decoder" or model_cfg.num_experts
+                or model_cfg.positions == "t5_bias"):  # counted from the model itself
+            total = sum(x.size for x in jax.tree.leaves(abstract_params))
+            embedding = model_cfg.vocab_size * model_cfg.d_model
+            self.counts = ParamCounts(total, embedding, total - embedding)
         self.state_shardings = {
             "step": replicated(mesh),
             "params": param_shardings,
@@ -87,6 +97,11 @@ class Trainer:
         stages = self.mesh.shape.get("stage", 1)
         if stages == 1:
             return None
+        m = self.model_cfg
+        if (m.family != "decoder" or self.config.train.objective != "clm" or m.num_experts
+                or m.positions in ("alibi", "t5_bias") or m.local_window_size):
+            raise ConfigError("mesh.stage > 1 runs causal decoders (train.objective=clm) without "
+                              "experts, attention biases or sliding windows; set mesh.stage=1")
         micro = self.config.mesh.microbatches
         rows = self.config.train.batch_size // self.grad_accum
         check_pipeline(stages, micro, self.model_cfg.num_layers, rows, batch_parallelism(self.mesh))
@@ -94,52 +109,71 @@ class Trainer:
 
     def _init_boxed(self, rng):
         params_rng, dropout_rng = jax.random.split(rng)
-        dummy = jnp.zeros((batch_parallelism(self.mesh), self.seq_len), jnp.int32)
-        params = self.plain_model.init(params_rng, dummy)["params"]
+        rows = np.zeros((batch_parallelism(self.mesh), self.seq_len + 1), np.int32)
+        dummy = self.objective.model_args(self.objective.prepare(rows, 0))
+        params = self.plain_model.init({"params": params_rng, "sample": params_rng},
+                                       *dummy)["params"]
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.tx.init(nn.unbox(params)), "rng": dropout_rng}
 
     def init_state(self, seed: int | None = None):
-        """Fresh parameters and optimizer state, laid out by `state_shardings`. (Traced outside the
-        mesh context: DenseGeneral initialises flat kernels that the 3-D logical names don't fit.)"""
+        """Fresh parameters and optimizer state, laid out by `state_shardings` (the jit's output
+        shardings place them; no activation constraints are needed to initialise)."""
         seed = self.config.train.seed if seed is None else seed
         return self._init(jax.random.PRNGKey(seed))
 
     # ---------------------------------------------------------------- steps
-    def _loss(self, params, tokens, rng):
-        deterministic = self.model_cfg.dropout == 0.0
-        logits = self.model.apply({"params": params}, tokens[:, :-1], deterministic=deterministic,
-                                  rngs=None if deterministic else {"dropout": rng})
-        return cross_entropy(logits, tokens[:, 1:])
+    def _apply(self, params, rng, *args, **kwargs):
+        """The model on one batch: (outputs, the sum of the auxiliary losses its layers sowed,
+        e.g. MoE router losses). rng None (evaluation): no dropout, fixed sampling key."""
+        deterministic = self.model_cfg.dropout == 0.0 or rng is None
+        rngs = {"sample": jax.random.PRNGKey(0) if rng is None else jax.random.fold_in(rng, 1)}
+        if not deterministic:
+            rngs["dropout"] = rng
+        out, sown = self.model.apply({"params": params}, *args, deterministic=deterministic,
+                                     rngs=rngs, mutable=["intermediates"], **kwargs)
+        aux = sum(jnp.sum(x) for x in jax.tree.leaves(sown.get("intermediates", {})))
+        return out, aux
+
+    def _loss(self, params, batch, rng):
+        """(loss, metrics) of the configured objective (causal LM: next-token cross-entropy)."""
+        return self.objective.loss(self._apply, params, batch, rng)
 
     def _step(self, state, batch):
-        """One optimizer step on a batch of shape (grad_accum, micro_batch, seq_len + 1)."""
+        """One optimizer step on a batch of shape (grad_accum, micro_batch, ...) (a dict of
+        such arrays for objectives other than causal LM)."""
         rng = jax.random.fold_in(state["rng"], state["step"])
-        grad_fn = jax.value_and_grad(self._loss)
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         if self.grad_accum == 1:
-            loss, grads = grad_fn(state["params"], batch[0], rng)
+            (loss, aux), grads = grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch),
+                                         rng)
         else:
             def accumulate(carry, micro):
                 index, tokens = micro
-                loss, grads = grad_fn(state["params"], tokens, jax.random.fold_in(rng, index))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+                (loss, aux), grads = grad_fn(state["params"], tokens,
+                                             jax.random.fold_in(rng, index))
+                return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+            first = jax.tree.map(lambda x: x[0], batch)
+            aux_shapes = jax.eval_shape(self._loss, state["params"], first, rng)[1]
             zeros = (jnp.zeros((), jnp.float32),
+                     jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), aux_shapes),
                      jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]))
-            (loss, grads), _ = jax.lax.scan(
+            (loss, aux, grads), _ = jax.lax.scan(
                 accumulate, zeros, (jnp.arange(self.grad_accum), batch))
-            loss, grads = jax.tree.map(lambda x: x / self.grad_accum, (loss, grads))
+            loss, aux, grads = jax.tree.map(lambda x: x / self.grad_accum, (loss, aux, grads))
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                      "rng": state["rng"]}
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "lr": self.schedule(state["step"])}
+                   "lr": self.schedule(state["step"]), **aux}
         if self.pipeline is not None:
             metrics["bubble_fraction"] = jnp.float32(self.pipeline.bubble_fraction)
         return new_state, metrics
 
     def _eval(self, params, batch):
-        return self._loss(params, batch, None)
+        loss, metrics = self._loss(params, batch, None)
+        return {"loss": loss, **metrics}
 
     def _last_logits(self, params, tokens, index):
         """Logits at position index[row] of each row: what the next token should be."""
@@ -153,24 +187,36 @@ class Trainer:
         return call
 
     # ---------------------------------------------------------------- public
-    def put_batch(self, local_rows: np.ndarray) -> jax.Array:
+    def put_batch(self, local_rows: np.ndarray, step: int = 0) -> jax.Array:
         """This process's rows (rows, seq_len + 1) -> a global (grad_accum, micro, seq_len + 1)
-        array sharded over the batch axes."""
-        rows = local_rows.shape[0]
-        local = local_rows.reshape(self.grad_accum, rows // self.grad_accum, -1)
-        global_shape = (self.grad_accum, rows * jax.process_count() // self.grad_accum,
-                        local.shape[-1])
-        return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
+        array sharded over the batch axes (for objectives other than causal LM, a dict of such
+        arrays, made by the objective's transform with randomness from (seed, step))."""
+        def put(local_rows):
+            rows = local_rows.shape[0]
+            local = local_rows.reshape(self.grad_accum, rows // self.grad_accum,
+                                       *local_rows.shape[1:])
+            global_shape = (self.grad_accum, rows * jax.process_count() // self.grad_accum,
+                            *local.shape[2:])
+            return jax.make_array_from_process_local_data(self.batch_sharding, local,
+                                                          global_shape)
+        return jax.tree.map(put, self.objective.prepare(local_rows, step))
 
     def train_step(self, state, batch):
         return self._in_mesh(self._train_step)(state, batch)
 
     def eval_loss(self, params, local_rows: np.ndarray) -> float:
         """Mean loss over one batch; rows must divide over the batch axes."""
-        global_shape = (local_rows.shape[0] * jax.process_count(), local_rows.shape[1])
-        batch = jax.make_array_from_process_local_data(batch_sharding(self.mesh), local_rows,
-                                                       global_shape)
-        return float(self._in_mesh(self._eval_step)(params, batch))
+        return self.eval_metrics(params, local_rows)["loss"]
+
+    def eval_metrics(self, params, local_rows: np.ndarray, index: int = 0) -> dict:
+        """Loss and the objective's metrics on one batch (the `index`-th validation batch picks
+        the objective's fixed evaluation randomness)."""
+        def put(x):
+            global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+            return jax.make_array_from_process_local_data(batch_sharding(self.mesh), x,
+                                                          global_shape)
+        batch = jax.tree.map(put, self.objective.prepare(local_rows, index, EVAL))
+        return {k: float(v) for k, v in self._in_mesh(self._eval_step)(params, batch).items()}
 
     def next_token_logits(self, params, tokens: np.ndarray, index) -> np.ndarray:
         """Logits after position `index` (one int, or one per row) for each row of `tokens`
