@@ -47,12 +47,12 @@ def test_data_fsdp_tensor_mesh_equals_one_device(tiny_config, extra):
     assert single_losses[2] < single_losses[0]  # it trained
     # the parameters really are split: an MLP kernel (layers, embed, mlp) over fsdp and tensor
     kernel = state["params"]["blocks"]["mlp"]["up"]["kernel"]
-    assert kernel.sharding.spec == P(None, "fsdp", "tensor")
+    assert kernel.sharding.spec == P("stage", "fsdp", "tensor")  # stage: size 1 here
     assert kernel.addressable_shards[0].data.shape == (2, 32 // 2, 128 // 2)
     # and so are Adam's moments
     mu = jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "mu"))
     moments = [x for x in mu if hasattr(x, "mu")][0].mu
-    assert moments["blocks"]["mlp"]["up"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    assert moments["blocks"]["mlp"]["up"]["kernel"].sharding.spec == P("stage", "fsdp", "tensor")
 
 
 @pytest.fixture(scope="module")
