@@ -271,8 +271,8 @@ def bootstrap(fit_fn, arrays, n_boot=100, seed=0, groups=None):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in group_indices])
         try:
             fit = fit_fn(*(a[idx] for a in arrays))
-        except (ValueError, np.linalg.LinAlgError):
-            continue
+        except (ValueError, OverflowError, np.linalg.LinAlgError):
+            continue  # a degenerate resample (e.g. a profile with no minimum) has no fit
         samples.append({k: v for k, v in fit.items() if isinstance(v, float)})
     return samples, confidence_intervals(samples)
 
