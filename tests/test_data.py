@@ -76,6 +76,12 @@ def test_eval_batches_are_in_order():
     np.testing.assert_array_equal(batches[1][:, 0], [64, 80, 96, 112])
 
 
+def test_a_limited_evaluation_spreads_over_the_whole_split():
+    tokens = np.arange(16 * 40 + 1, dtype=np.int32)  # 40 windows = 10 batches of 4
+    firsts = [int(b[0, 0]) // 64 for b in eval_batches(tokens, 16, 4, max_batches=3)]
+    assert firsts == [0, 4, 9]  # first, middle and last batch, not the first three
+
+
 def test_non_utf8_file_is_refused_with_offset(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\u00e9 au lait".encode("latin-1"))

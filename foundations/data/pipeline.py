@@ -137,16 +137,19 @@ def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, seed: in
 
 def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, max_batches: int = 0,
                  process_index: int = 0, process_count: int = 1):
-    """Validation windows in order, as this process's rows of each global batch."""
+    """Validation windows in order, as this process's rows of each global batch. With
+    `max_batches`, the batches are spread evenly over the split (not its first pages), so a
+    quick evaluation still sees the whole text."""
     windows = PackedWindows(tokens, seq_len)
     num_batches = len(windows) // global_batch
     if num_batches == 0:
         raise ConfigError(f"validation data holds {len(windows)} windows of {seq_len + 1} tokens, "
                           f"fewer than one batch of {global_batch}; lower train.batch_size or "
                           "add validation text")
-    if max_batches:
-        num_batches = min(num_batches, max_batches)
+    chosen = range(num_batches)
+    if max_batches and max_batches < num_batches:
+        chosen = np.linspace(0, num_batches - 1, max_batches).round().astype(int)
     rows = global_batch // process_count
-    for b in range(num_batches):
-        first = b * global_batch + process_index * rows
+    for b in chosen:
+        first = int(b) * global_batch + process_index * rows
         yield np.stack([windows[i] for i in range(first, first + rows)])
