@@ -29,7 +29,7 @@ def reference(corpus):
 
 def _loss_and_grads(trainer, params, rows, with_hlo=False):
     params = jax.device_put(params, trainer.state_shardings["params"])
-    grad_fn = jax.jit(jax.value_and_grad(trainer._loss))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: trainer._loss(p, b, r)[0]))
     compiled = trainer._in_mesh(lambda: grad_fn.lower(params, rows, None).compile())()
     loss, grads = compiled(params, rows, None)
     return (loss, grads, compiled.as_text()) if with_hlo else (loss, grads)
