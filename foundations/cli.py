@@ -7,6 +7,7 @@ or non-UTF-8 data file, a corrupt checkpoint) print one line naming the problem 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -127,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         from foundations.scaling.results import ResultsError
         from foundations.train.checkpoint import CheckpointError
         args.func(args)
-    except (ConfigError, CheckpointError, ResultsError) as e:
+    except (ConfigError, ResultsError) as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:
+        print(f"foundations {args.command}: error: {e}", file=sys.stderr)
+        # orbax's reads of the other arrays are still failing in background threads; a normal
+        # exit would print each of their tracebacks as they are torn down, burying this line
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     return 0
 
 

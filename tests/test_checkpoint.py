@@ -71,6 +71,7 @@ def test_corrupt_checkpoint_is_named_and_left_in_place(tiny_config, tmp_path):
             f.write_bytes(b"\x00garbage" * 4)
             damaged += 1
     assert damaged
-    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*checkpoints/3"):
+    with pytest.raises(CheckpointError,
+                       match=r"cannot restore checkpoint .*checkpoints/3 .*start afresh"):
         train(tiny_config("train.steps=5"), tmp_path, progress=False)
     assert state_dir.is_dir()  # nothing deleted: the user can inspect or remove it

@@ -76,3 +76,26 @@ def test_resuming_a_finished_run_trains_no_more(smoke_run):
     summary = train(config, run_dir, progress=False)
     assert summary["step"] == 24
     assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_corrupt_checkpoint_is_one_line_with_a_way_forward(smoke_run, tmp_path):
+    """Damaging the latest checkpoint of a copy of the run: the command says which checkpoint
+    and what to do in one line (orbax's many failing reads print nothing), deletes nothing."""
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(smoke_run[0], run_dir)
+    state = run_dir / "checkpoints" / "24" / "state"
+    for f in state.rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # the array data files
+            f.write_bytes(b"\x00" * 8)
+    script = shutil.which("foundations") or str(Path(sys.executable).parent / "foundations")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([script, "generate", "--run-dir", str(run_dir), "--prompt", "A"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("foundations generate: error: cannot restore checkpoint ")
+    assert "checkpoints/24" in lines[0] and "resume from step 12" in lines[0]
+    assert len(lines[0]) < 600 and "tensorstore_spec" not in lines[0]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "12", "24"]

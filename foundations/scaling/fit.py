@@ -234,7 +234,8 @@ def compute_optimal(params, C):
     C = np.asarray(C, np.float64)
     alpha, beta = params["alpha"], params["beta"]
     # numpy float64: a degenerate fit (e.g. a negative exponent) gives NaN, not a complex number
-    G = np.float64(alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
+    with np.errstate(invalid="ignore"):
+        G = np.float64(alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
     N_opt = G * (C / 6) ** (beta / (alpha + beta))
     D_opt = (C / 6) / N_opt
     return {"N_opt": N_opt, "D_opt": D_opt, "tokens_per_param": D_opt / N_opt,

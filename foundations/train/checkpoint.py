@@ -7,6 +7,11 @@ written on one mesh shape loads onto another.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import grain
@@ -44,10 +49,52 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    path = Path(manager.directory) / str(step)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
+        with _quiet_failures():
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types; name the checkpoint and the cause
-        path = Path(manager.directory) / str(step)
-        raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        earlier = [s for s in manager.all_steps() if s < step]
+        advice = (f"move it aside to resume from step {max(earlier)}" if earlier
+                  else "move it aside to start afresh")
+        raise CheckpointError(f"cannot restore checkpoint {path} ({short_cause(e)}); it is left "
+                              f"in place: {advice}") from e
     return restored["state"]
+
+
+@contextlib.contextmanager
+def _quiet_failures(settle_s: float = 0.3, limit_s: float = 5.0):
+    """Holds back what is written to stderr (fd 2) inside the block; replays it if the block
+    succeeds. A damaged checkpoint fails many of orbax's parallel reads, and each failing read
+    prints a page of traceback from a background thread (asyncio's log, tensorstore's callbacks
+    into a closed event loop), burying the one error that matters. On failure this waits until
+    those threads fall silent (settle_s without output, limit_s at most), then drops their
+    output; the exception itself propagates."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            deadline, size = time.monotonic() + limit_s, -1
+            while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
+                size = os.fstat(held.fileno()).st_size
+                time.sleep(settle_s)
+            raise
+        else:
+            sys.stderr.flush()
+            held.seek(0)
+            os.write(saved, held.read())
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def short_cause(error: Exception, limit: int = 240) -> str:
+    """The first line of an orbax/tensorstore error without the JSON spec it appends."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    text = text.split(" [tensorstore_spec")[0]
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(error).__name__}: {text}"
