@@ -67,6 +67,13 @@ def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys):
     loss = {row["run_id"]: row["val_loss"] for row in table}
     assert loss["L2_d32_C9e08"] < loss["L2_d32_C3e08"]
 
+    # the sweep command itself, with every run done, fits and plots
+    assert main(["sweep", str(sweep_file), "--out", str(out), "--bootstrap", "5"]) == 0
+    assert "6 of 6 runs" in capsys.readouterr().out
+    assert json.loads((out / "fit.json").read_text())["n_runs"] == 6
+    assert "alpha" in (out / "fit.txt").read_text()
+    assert len(list((out / "plots").glob("*.png"))) >= 4
+
     assert main(["fit", str(out / "results.jsonl"), "--bootstrap", "5"]) == 0
     assert "alpha" in capsys.readouterr().out
     assert main(["plot", str(out / "results.jsonl"), "--out", str(tmp_path / "plots"),

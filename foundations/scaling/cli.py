@@ -64,6 +64,22 @@ def run_plot(args):
     return 0
 
 
+def write_report(results: Path, plots_dir: Path, loss_column: str = "val_loss",
+                 n_boot: int = 100, seed: int = 0) -> list[Path]:
+    """One analysis of a results table -> fit.json and fit.txt (the printed report) beside it,
+    and every figure into plots_dir: what `foundations sweep` leaves when the grid is done."""
+    from foundations.scaling.plots import plot_all
+    from foundations.scaling.report import analyse, format_report, to_json
+    from foundations.scaling.results import load_results
+
+    rows = load_results(results)
+    analysis = analyse(rows, loss_column=loss_column, n_boot=n_boot, seed=seed)
+    fit_json, fit_txt = Path(results).parent / "fit.json", Path(results).parent / "fit.txt"
+    fit_json.write_text(json.dumps(to_json(analysis), indent=2) + "\n")
+    fit_txt.write_text(format_report(analysis) + "\n")
+    return [fit_json, fit_txt, *plot_all(rows, analysis, plots_dir)]
+
+
 def main(argv=None):
     """Stand-alone entry point (python -m foundations.scaling.cli fit|plot ...) until the main CLI lands."""
     parser = argparse.ArgumentParser(prog="foundations")

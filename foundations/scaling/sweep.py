@@ -3,7 +3,8 @@
 Runs go one after another (or every N-th with --shard I/N, for several processes or hosts over
 one shared directory). A finished run leaves result.json in its directory and is skipped next
 time; an interrupted one resumes from its checkpoint. After each run the results table
-(results.jsonl: one row per finished run) and a status view (status.txt) are rewritten.
+(results.jsonl: one row per finished run) and a status view (status.txt) are rewritten. Once
+every run is done, the command fits the laws and draws the figures (scaling/cli.py).
 """
 
 from __future__ import annotations
@@ -112,7 +113,15 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def _sweep_command(args) -> None:
     rows = run_sweep(args.sweep, args.out, args.overrides, _parse_shard(args.shard),
                      progress=args.progress)
-    print(f"results: {Path(args.out) / 'results.jsonl'} ({len(rows)} runs)")
+    results = Path(args.out) / "results.jsonl"
+    planned = len(plan_runs(*load_grid(args.sweep, list(args.overrides))))
+    print(f"results: {results} ({len(rows)} of {planned} runs)")
+    if len(rows) < planned or args.bootstrap < 0:
+        return  # another shard is still running, or no report was asked for
+    from foundations.scaling.cli import write_report
+    written = write_report(results, Path(args.out) / "plots", n_boot=args.bootstrap)
+    print(Path(written[1]).read_text())  # the fit report
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def add_sweep_parser(commands) -> None:
@@ -122,4 +131,7 @@ def add_sweep_parser(commands) -> None:
     p.add_argument("--out", required=True, help="sweep directory (results.jsonl, runs/)")
     p.add_argument("--shard", default="0/1", help="run every N-th run starting at I (I/N)")
     p.add_argument("--progress", action="store_true", help="a progress bar per run")
+    p.add_argument("--bootstrap", type=int, default=100,
+                   help="when every run is done: fit (fit.json, fit.txt) and plot (plots/) with "
+                        "this many bootstrap resamples; -1: no fit or plots")
     p.set_defaults(func=_sweep_command)
