@@ -351,6 +351,30 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError("model.dropout > 0 is not supported with mesh.stage > 1")
 
 
+# Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
+RESUMABLE_MODEL_KEYS = ("attention_impl", "dtype", "remat", "dropout")
+
+
+def changed_settings(saved: dict, config: Config) -> list[tuple[str, Any, Any]]:
+    """(section.key, saved value, new value) for every setting that differs from a saved
+    config (as read from a run's config.yaml)."""
+    changes = []
+    for section, values in to_dict(config).items():
+        for key, value in values.items():
+            old = saved.get(section, {}).get(key, value)
+            if old != value:
+                changes.append((f"{section}.{key}", old, value))
+    return changes
+
+
+def incompatible_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The changes that make a run's checkpoints meaningless for the new config: the model's
+    shape and family, the tokenizer and the objective."""
+    return [c for c in changes
+            if (c[0].startswith("model.") and c[0][6:] not in RESUMABLE_MODEL_KEYS)
+            or c[0] in ("data.tokenizer", "train.objective")]
+
+
 def to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 

@@ -75,3 +75,23 @@ def test_corrupt_checkpoint_is_named_and_left_in_place(tiny_config, tmp_path):
                        match=r"cannot restore checkpoint .*checkpoints/3 .*start afresh"):
         train(tiny_config("train.steps=5"), tmp_path, progress=False)
     assert state_dir.is_dir()  # nothing deleted: the user can inspect or remove it
+
+
+def test_resuming_with_another_model_is_refused_and_keeps_the_run(uninterrupted, tiny_config,
+                                                                   tmp_path):
+    import shutil
+
+    from foundations.config import ConfigError, load_config
+    from foundations.train.loop import check_resumable
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted[1], run_dir)
+    saved = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"holds checkpoints of another model "
+                                          r"\(model.d_model: 32 -> 64\); use a new --run-dir"):
+        train(tiny_config("model.d_model=64", "train.steps=8"), run_dir, progress=False)
+    assert (run_dir / "config.yaml").read_text() == saved  # the run's record is untouched
+    # settings that leave the arrays' meaning alone may change; they are reported
+    changes = check_resumable(load_config(run_dir / "config.yaml", [
+        "train.steps=8", "model.remat=full", "mesh.data=2"]), run_dir)
+    assert changes == [("model.remat", "none", "full"), ("mesh.data", 1, 2),
+                       ("train.steps", 6, 8)]

@@ -54,6 +54,9 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
         with _quiet_failures():
             restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types; name the checkpoint and the cause
+        if "not compatible with the stored shape" in str(e):  # intact, but another model's
+            raise CheckpointError(f"checkpoint {path} was written by a model of other shapes "
+                                  f"({short_cause(e)}); it is left in place") from e
         earlier = [s for s in manager.all_steps() if s < step]
         advice = (f"move it aside to resume from step {max(earlier)}" if earlier
                   else "move it aside to start afresh")

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from tqdm import tqdm
 
-from foundations.config import Config, ConfigError, resolved_model, save_config
+from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
+                                resolved_model, save_config)
 from foundations.data.pipeline import TextData, load_text_data, train_iterator
 from foundations.inference.evaluate import describe, evaluate
 from foundations.inference.generate import generate
@@ -51,17 +53,19 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     data, trainer = build(config, mesh, data)
     tc = config.train
-    if jax.process_index() == 0:
-        save_config(config, run_dir / "config.yaml")
     iterator = train_iterator(data.train_tokens, config.data.seq_len, tc.batch_size,
                               config.data.shuffle_seed, jax.process_index(), jax.process_count())
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     start = manager.latest_step() or 0
     if start:
+        changes = check_resumable(config, run_dir)
         state = checkpoint.restore(manager, start, trainer.abstract_state, iterator)
-        log(f"resumed from {run_dir / 'checkpoints' / str(start)}")
+        log(f"resumed from {run_dir / 'checkpoints' / str(start)}"
+            + "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in changes))
     else:
         state = trainer.init_state()
+    if jax.process_index() == 0:  # only now: a refused resume leaves the run's record as it was
+        save_config(config, run_dir / "config.yaml")
     counts = trainer.counts
     log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
         f"mesh {dict(trainer.mesh.shape)}, {data.train_tokens.size:,} training tokens")
@@ -129,6 +133,22 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_loss_curve(run_dir)
     return summary
+
+
+def check_resumable(config: Config, run_dir: Path) -> list:
+    """The settings that changed since the run in run_dir was started (to log); a ConfigError
+    when a change (model shape or family, tokenizer, objective) makes its checkpoints unusable."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    changes = changed_settings(saved, config)
+    refused = incompatible_changes(changes)
+    if refused:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
+        raise ConfigError(f"{run_dir} holds checkpoints of another model ({listed}); use a new "
+                          "--run-dir, or the run's own settings (its config.yaml) to resume it")
+    return changes
 
 
 def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
