@@ -39,8 +39,8 @@ def _eval(args) -> None:
     from foundations.data.pipeline import expand_files, tokenize_files
     from foundations.inference.evaluate import evaluate
     from foundations.train.loop import load_run
-    config, data, trainer, state = load_run(args.run_dir, args.overrides)
-    tokens, n_bytes = tokenize_files(expand_files(args.files), data.tokenizer)
+    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
+    tokens, n_bytes = tokenize_files(expand_files(args.files), tokenizer)
     batch = args.batch_size or config.train.batch_size
     result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
                       args.max_batches)
@@ -55,9 +55,9 @@ def _eval(args) -> None:
 
 def _generate(args) -> None:
     from foundations.train.loop import load_run, sample_text
-    config, data, trainer, state = load_run(args.run_dir, args.overrides)
+    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     for i in range(args.num_samples):
-        text = sample_text(trainer, state["params"], data.tokenizer, args.prompt,
+        text = sample_text(trainer, state["params"], tokenizer, args.prompt,
                            args.max_new_tokens, args.temperature, args.seed + i)
         print(text)
         if i + 1 < args.num_samples:
@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ConfigError, ResultsError) as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        if args.command != "tokenize":  # elsewhere these are bugs: keep their traceback
+            raise
+        # the tokenizers raise these for the files they are given (missing, not UTF-8, corrupt)
+        print(f"foundations tokenize: error: {e}", file=sys.stderr)
         return 2
     except CheckpointError as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)

@@ -83,12 +83,12 @@ def compile_train_step(config, topology: dict) -> dict:
     import jax
     import jax.numpy as jnp
     from foundations.config import resolved_model
+    from foundations.data.pipeline import configured_tokenizer
     from foundations.parallel.mesh import make_mesh
-    from foundations.tokenizers import load_tokenizer
     from foundations.train.trainer import Trainer
 
     devices = topology_devices(topology)
-    model_cfg = resolved_model(config, load_tokenizer(config.data.tokenizer).vocab_size)
+    model_cfg = resolved_model(config, configured_tokenizer(config.data.tokenizer).vocab_size)
     mesh = make_mesh(config.mesh, devices)
     if mesh.size != len(devices):
         raise ConfigError(f"mesh {dict(mesh.shape)} uses {mesh.size} of the {len(devices)} "

@@ -95,3 +95,34 @@ def test_resuming_with_another_model_is_refused_and_keeps_the_run(uninterrupted,
         "train.steps=8", "model.remat=full", "mesh.data=2"]), run_dir)
     assert changes == [("model.remat", "none", "full"), ("mesh.data", 1, 2),
                        ("train.steps", 6, 8)]
+
+
+def test_a_run_keeps_its_tokenizer_and_needs_no_training_text(tiny_config, corpus, tmp_path):
+    import shutil
+
+    from foundations.config import ConfigError
+    from foundations.tokenizers.bpe import BPETokenizer
+    text = tmp_path / "text.txt"
+    shutil.copy(corpus, text)
+    tok, other = tmp_path / "tok", tmp_path / "other"
+    BPETokenizer.train([text], 300).save(tok)
+    BPETokenizer.train([text], 320).save(other)
+
+    def config(tokenizer, steps):
+        return tiny_config(f"data.tokenizer={tokenizer}", f"data.train_files=[{text}]",
+                           f"train.steps={steps}")
+
+    run_dir = tmp_path / "run"
+    train(config(tok, 2), run_dir, progress=False)
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    # the same tokenizer at another path resumes the run; another tokenizer is refused
+    moved = tmp_path / "moved"
+    shutil.move(tok, moved)
+    assert train(config(moved, 3), run_dir, progress=False)["step"] == 3
+    with pytest.raises(ConfigError, match=r"another model \(data.tokenizer: "):
+        train(config(other, 4), run_dir, progress=False)
+    # eval and generate need neither the tokenizer's own directory nor the training text
+    shutil.rmtree(moved)
+    text.unlink()
+    _, tokenizer, _, state = load_run(run_dir)
+    assert tokenizer.vocab_size == 300 and int(state["step"]) == 3

@@ -97,6 +97,8 @@ def test_missing_file_and_empty_directory(tmp_path):
         load_text_data(DataConfig(train_files=["nope.txt"]))
     with pytest.raises(ConfigError, match="holds no \\*.txt files"):
         load_text_data(DataConfig(train_files=[str(tmp_path)]))
+    with pytest.raises(ConfigError, match="data.tokenizer: .*no_tok/tokenizer.json does not exist"):
+        load_text_data(DataConfig(tokenizer=str(tmp_path / "no_tok")))
 
 
 def test_too_little_text_for_a_window(tmp_path):

@@ -68,3 +68,16 @@ def test_train_rejects_non_utf8(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.txt.*byte offset 3"):
         run(["tokenize", "train", "--kind", "bpe", "--vocab-size", "300", "--out",
              str(tmp_path / "x"), str(tmp_path / "bad.txt")])
+
+
+def test_main_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from foundations.cli import main
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xc3\x28")
+    assert main(["tokenize", "train", "--kind", "bpe", "--vocab-size", "300", "--out",
+                 str(tmp_path / "x"), str(tmp_path / "bad.txt")]) == 2
+    assert main(["tokenize", "encode", "--tokenizer", str(tmp_path / "missing"), "hi"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("foundations tokenize: error: ")
+                                   for line in lines)
+    assert "bad.txt" in lines[0] and "byte offset 3" in lines[0]
+    assert "missing" in lines[1] and "tokenizer.json" in lines[1]

@@ -100,9 +100,18 @@ class TextData:
     bytes_per_token: float   # UTF-8 bytes per token, for bits-per-byte
 
 
+def configured_tokenizer(spec: str) -> Tokenizer:
+    """`load_tokenizer(data.tokenizer)`, with a missing or broken tokenizer directory reported
+    as a ConfigError (one line from the CLI)."""
+    try:
+        return load_tokenizer(spec)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
+
+
 def load_text_data(cfg: DataConfig) -> TextData:
     """Reads and tokenizes the configured files and splits off validation data."""
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = configured_tokenizer(cfg.tokenizer)
     fallback = cfg.fallback_encoding
     train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback)
     if cfg.val_files:

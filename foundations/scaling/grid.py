@@ -17,8 +17,8 @@ import yaml
 
 from foundations.config import (Config, ConfigError, apply_dict, resolved_model, set_field,
                                 validate)
+from foundations.data.pipeline import configured_tokenizer
 from foundations.models.flops import param_counts, train_flops_per_token
-from foundations.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -88,7 +88,7 @@ def size_config(base: Config, grid: GridConfig, depth: int) -> Config:
 
 def plan_runs(base: Config, grid: GridConfig) -> list[RunSpec]:
     """Every (size, budget) pair whose step count lies in [min_steps, max_steps]."""
-    vocab = load_tokenizer(base.data.tokenizer).vocab_size
+    vocab = configured_tokenizer(base.data.tokenizer).vocab_size
     tokens_per_step = base.train.batch_size * base.data.seq_len
     runs = []
     for budget in grid.budgets:

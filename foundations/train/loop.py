@@ -8,7 +8,9 @@ directory continues from the latest checkpoint with the same data order and rand
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -19,13 +21,17 @@ from tqdm import tqdm
 
 from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
                                 resolved_model, save_config)
-from foundations.data.pipeline import TextData, load_text_data, train_iterator
+from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
+                                       train_iterator)
 from foundations.inference.evaluate import describe, evaluate
 from foundations.inference.generate import generate
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
 from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
 from foundations.train.trainer import Trainer
+
+
+RUN_TOKENIZER = "tokenizer"  # a run directory's copy of a trained tokenizer
 
 
 def log(message: str) -> None:
@@ -66,6 +72,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         state = trainer.init_state()
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's record as it was
         save_config(config, run_dir / "config.yaml")
+        keep_tokenizer(config, run_dir)
     counts = trainer.counts
     log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
         f"mesh {dict(trainer.mesh.shape)}, {data.train_tokens.size:,} training tokens")
@@ -135,6 +142,24 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     return summary
 
 
+def keep_tokenizer(config: Config, run_dir: Path) -> None:
+    """Copies a trained tokenizer into the run directory, so that eval and generate find it
+    wherever they run from (config.yaml keeps the path as it was given)."""
+    spec = config.data.tokenizer
+    if spec != "byte" and not (run_dir / RUN_TOKENIZER).exists():
+        shutil.copytree(spec, run_dir / RUN_TOKENIZER)
+
+
+def same_tokenizer(spec: str, run_dir: Path) -> bool:
+    """Whether tokenizer directory `spec` holds the same files as the run's own copy."""
+    kept = run_dir / RUN_TOKENIZER
+    if spec == "byte" or not kept.is_dir() or not Path(spec).is_dir():
+        return False
+    names = sorted(p.name for p in kept.iterdir())
+    _, differ, missing = filecmp.cmpfiles(spec, kept, names, shallow=False)
+    return not differ and not missing and names == sorted(p.name for p in Path(spec).iterdir())
+
+
 def check_resumable(config: Config, run_dir: Path) -> list:
     """The settings that changed since the run in run_dir was started (to log); a ConfigError
     when a change (model shape or family, tokenizer, objective) makes its checkpoints unusable."""
@@ -142,7 +167,8 @@ def check_resumable(config: Config, run_dir: Path) -> list:
     if not saved_file.is_file():
         return []
     saved = yaml.safe_load(saved_file.read_text()) or {}
-    changes = changed_settings(saved, config)
+    changes = [c for c in changed_settings(saved, config)  # the same tokenizer, elsewhere
+               if not (c[0] == "data.tokenizer" and same_tokenizer(c[2], run_dir))]
     refused = incompatible_changes(changes)
     if refused:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
@@ -159,7 +185,8 @@ def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
 
 
 def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool = True):
-    """The config, data and Trainer of a finished or running run, and its latest state.
+    """(config, tokenizer, Trainer, latest state) of a finished or running run; reads no
+    training data, so it works wherever the run's text files are.
 
     By default the state is restored onto one device, whatever mesh trained it; pass
     `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
@@ -169,15 +196,21 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(config_file, list(overrides))
+    kept = run_dir / RUN_TOKENIZER
+    if config.data.tokenizer != "byte" and not Path(config.data.tokenizer).is_dir() \
+            and kept.is_dir():  # a relative path from elsewhere: the run's own copy
+        config.data.tokenizer = str(kept)
+    tokenizer = configured_tokenizer(config.data.tokenizer)
     devices = jax.devices()[:1] if single_device else None
     if single_device:
         config = dataclasses.replace(config, mesh=dataclasses.replace(
             config.mesh, data=1, fsdp=1, tensor=1, stage=1, expert=1))
-    data, trainer = build(config, make_mesh(config.mesh, devices))
+    trainer = Trainer(config, resolved_model(config, tokenizer.vocab_size),
+                      make_mesh(config.mesh, devices), tokenizer)
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     step = manager.latest_step()
     if step is None:
         raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint")
     state = checkpoint.restore(manager, step, trainer.abstract_state)
     manager.close()
-    return config, data, trainer, state
+    return config, tokenizer, trainer, state

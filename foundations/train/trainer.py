@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from foundations.config import Config, ConfigError, ModelConfig
+from foundations.data.pipeline import configured_tokenizer
 from foundations.models.decoder import Decoder
 from foundations.models.families import build_model
 from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
@@ -26,7 +27,6 @@ from foundations.objectives.losses import cross_entropy  # noqa: F401 (was defin
 from foundations.parallel.pipeline import Pipeline, check_pipeline
 from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding, check_divisible,
                                        logical_shardings, replicated)
-from foundations.tokenizers import load_tokenizer
 from foundations.train.optim import make_optimizer
 
 
@@ -38,7 +38,7 @@ class Trainer:
         self.seq_len = config.data.seq_len
         self.grad_accum = config.train.grad_accum
         self._check_batch(config.train.batch_size)
-        tokenizer = tokenizer or load_tokenizer(config.data.tokenizer)
+        tokenizer = tokenizer or configured_tokenizer(config.data.tokenizer)
         self.objective = make_objective(config, model_cfg, tokenizer)
         # plain_model: init and generation (any row count, no microbatches); model: training
         self.plain_model = build_model(model_cfg, config.train.objective,
