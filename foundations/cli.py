@@ -36,12 +36,18 @@ def _train(args) -> None:
 
 
 def _eval(args) -> None:
+    from foundations.config import ConfigError
     from foundations.data.pipeline import expand_files, tokenize_files
     from foundations.inference.evaluate import evaluate
     from foundations.train.loop import load_run
     config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     tokens, n_bytes = tokenize_files(expand_files(args.files), tokenizer)
-    batch = args.batch_size or config.train.batch_size
+    windows = (len(tokens) - 1) // trainer.seq_len
+    if windows == 0:
+        raise ConfigError(f"{', '.join(args.files)}: {len(tokens)} tokens, fewer than one window "
+                          f"of data.seq_len + 1 = {trainer.seq_len + 1}")
+    # a text shorter than one of the run's batches is scored as one smaller batch
+    batch = min(args.batch_size or config.train.batch_size, windows)
     result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
                       args.max_batches)
     step = int(state["step"])

@@ -56,6 +56,12 @@ def test_eval_command_on_a_text_file(smoke_run, capsys, tmp_path):
                  "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
     assert "at step 24: loss" in out and "perplexity" in out and "bits per byte" in out
+    # 13 windows of 129 bytes, fewer than the run's batch of 32: scored as one batch of 13
+    assert main(["eval", str(text), "--run-dir", str(run_dir)]) == 0
+    assert "at step 24: loss" in capsys.readouterr().out
+    (tmp_path / "short.txt").write_text("To be.")
+    assert main(["eval", str(tmp_path / "short.txt"), "--run-dir", str(run_dir)]) == 2
+    assert "fewer than one window" in capsys.readouterr().err
 
 
 def test_generate_command_greedy_is_deterministic(smoke_run, capsys):
