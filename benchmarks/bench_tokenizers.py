@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tokenizers.py [DIR] [--vocab-size 8192]
 
-DIR (default /work/shared/data/gutenberg) holds *.txt books. Files that are not UTF-8 are read as
+DIR (default: the bundled foundations/data/corpora/gutenberg) holds *.txt books. Files that are not UTF-8 are read as
 Latin-1 and re-written as UTF-8 to a scratch folder first, since all trainers require UTF-8.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from foundations.data.pipeline import BUNDLED_CORPORA  # noqa: E402
 from foundations.tokenizers.bpe import BPETokenizer  # noqa: E402
 from foundations.tokenizers.spm import SentencePieceTokenizer  # noqa: E402
 
@@ -53,7 +54,7 @@ def encode_all(encode, texts):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("directory", nargs="?", default="/work/shared/data/gutenberg")
+    parser.add_argument("directory", nargs="?", default=str(BUNDLED_CORPORA / "gutenberg"))
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--spm-threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
