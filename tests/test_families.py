@@ -94,8 +94,35 @@ def test_objective_trains(tiny_config, data, overrides):
                                                 rel=1e-5)
         assert 0.5 < metrics["rtd_accuracy"] <= 1.0
         assert 0.0 < metrics["replaced_fraction"] < 0.2
+        assert 0.0 <= metrics["rtd_recall"] <= 1.0
     else:
         assert metrics["ppl"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-4)
+
+
+def test_electra_detection_metrics_by_hand(tiny_config, data):
+    """Accuracy counts every real token; recall only the replaced ones, so a discriminator that
+    answers "original" everywhere gets accuracy 1 - replaced_fraction but recall 0."""
+    cfg = tiny_config(*FAST, *ELECTRA)
+    _, trainer = build(cfg, make_mesh(MeshConfig(), jax.devices()[:1]), data)
+    targets = jnp.array([[5, 6, 7, 8, 9, 10]])
+    corrupted = jnp.array([[5, 1, 7, 2, 3, 0]])          # positions 1, 3, 4 (and pad 5) differ
+    padding = jnp.array([[True, True, True, True, True, False]])
+    disc_logits = jnp.array([[-1.0, 2.0, 3.0, -2.0, 1.0, 5.0]])  # flags 1, 2, 4 (and pad 5)
+    batch = {"targets": targets, "weights": jnp.zeros((1, 6)), "padding": padding,
+             "inputs": targets, "selected": padding, "segments": jnp.zeros_like(targets)}
+
+    def apply(params, rng, *args):
+        return (jnp.zeros((1, 6, 320)), disc_logits, corrupted), 0.0
+
+    _, metrics = trainer.objective.loss(apply, None, batch, None)
+    assert float(metrics["replaced_fraction"]) == pytest.approx(3 / 5)
+    assert float(metrics["rtd_accuracy"]) == pytest.approx(3 / 5)  # positions 0, 1, 4
+    assert float(metrics["rtd_recall"]) == pytest.approx(2 / 3)    # 1 and 4 of 1, 3, 4
+    nothing = jnp.full((1, 6), -9.0)
+    _, metrics = trainer.objective.loss(
+        lambda *a: ((jnp.zeros((1, 6, 320)), nothing, corrupted), 0.0), None, batch, None)
+    assert float(metrics["rtd_recall"]) == 0.0
+    assert float(metrics["rtd_accuracy"]) == pytest.approx(1 - 3 / 5)
 
 
 def test_objective_must_fit_family(tiny_config):
