@@ -152,6 +152,30 @@ def test_isoflop_needs_two_usable_budgets():
         fit_isoflop([1e6, 2e6, 4e6], [3.0, 2.9, 3.0], [1e15, 1e15, 1e15])
 
 
+def test_isoflop_skips_a_profile_too_flat_for_a_vertex():
+    sizes = [1e4, 1e5, 1e6]
+    log_n = np.log(sizes)
+    flat = list(1e-12 * log_n ** 2 + log_n)  # a minimum at log N ~ -5e11: N_opt underflows
+    N, loss, budget = [], [], []
+    for C, profile in ((1e15, (3.0, 2.8, 3.0)), (1e16, (2.9, 2.6, 2.8)), (1e17, flat)):
+        N += sizes
+        loss += list(profile)
+        budget += [C] * 3
+    fit = fit_isoflop(N, loss, budget)
+    assert fit["skipped_budgets"] == [1e17] and np.isfinite(fit["a"])
+
+
+def test_bootstrap_drops_replicates_that_are_not_finite():
+    calls = iter(range(1000))
+
+    def fit(x):  # every third replicate comes back NaN, as a degenerate refit can
+        return {"mean": float("nan") if next(calls) % 3 == 0 else float(x.mean())}
+
+    samples, ci = F.bootstrap(fit, [np.arange(10.0)], n_boot=30, seed=0)
+    assert len(samples) == 20
+    assert np.isfinite(ci["mean"]["lo"]) and ci["mean"]["lo"] < 4.5 < ci["mean"]["hi"]
+
+
 def test_compute_optimal_minimises_loss_at_fixed_compute():
     C = 1e21
     opt = compute_optimal(TRUE_LAW, C)

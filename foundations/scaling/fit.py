@@ -196,7 +196,8 @@ def fit_isoflop(N, loss, budget, min_points=3):
     """Per budget C, a parabola of loss in log N and its vertex N_opt(C); then N_opt ~ C^a, D_opt ~ C^b.
 
     D_opt = C / (6 N_opt). Budgets with fewer than min_points distinct sizes, or a parabola that opens
-    downwards (no minimum), are skipped and listed. Needs at least two usable budgets.
+    downwards (no minimum) or is so flat that its vertex is out of float range, are skipped and listed.
+    Needs at least two usable budgets.
     """
     N, loss, budget = (np.asarray(v, np.float64) for v in (N, loss, budget))
     profiles, skipped = [], []
@@ -212,6 +213,9 @@ def fit_isoflop(N, loss, budget, min_points=3):
             skipped.append(float(C))
             continue
         log_n_opt = -c1 / (2 * c2)
+        if not abs(log_n_opt) < 700:  # a nearly flat profile: N_opt would over- or underflow
+            skipped.append(float(C))
+            continue
         profiles.append({"budget": float(C), "coeffs": [float(c2), float(c1), float(c0)],
                          "N_opt": float(math.exp(log_n_opt)),
                          "D_opt": float(C / (6 * math.exp(log_n_opt))),
@@ -256,7 +260,8 @@ def bootstrap(fit_fn, arrays, n_boot=100, seed=0, groups=None):
     """Refit on n_boot resamples (points drawn with replacement) and return (samples, intervals).
 
     fit_fn(*arrays) -> dict of floats. groups (optional, one label per point) resamples within each
-    group, so e.g. every IsoFLOP budget keeps its size. Replicates whose fit raises are dropped.
+    group, so e.g. every IsoFLOP budget keeps its size. Replicates whose fit raises, or gives a value
+that is not finite, are dropped.
     intervals[name] = {"lo": 2.5th percentile, "hi": 97.5th, "std": ...}.
     """
     arrays = [np.asarray(a) for a in arrays]
@@ -274,7 +279,9 @@ def bootstrap(fit_fn, arrays, n_boot=100, seed=0, groups=None):
             fit = fit_fn(*(a[idx] for a in arrays))
         except (ValueError, OverflowError, np.linalg.LinAlgError):
             continue  # a degenerate resample (e.g. a profile with no minimum) has no fit
-        samples.append({k: v for k, v in fit.items() if isinstance(v, float)})
+        values = {k: v for k, v in fit.items() if isinstance(v, float)}
+        if all(math.isfinite(v) for v in values.values()):  # NaN would poison every percentile
+            samples.append(values)
     return samples, confidence_intervals(samples)
 
 
@@ -286,8 +293,10 @@ def confidence_intervals(samples, level=0.95):
     out = {}
     for name in samples[0]:
         values = np.array([s[name] for s in samples])
+        with np.errstate(over="ignore"):  # a wild replicate (A ~ 1e66) makes the std inf, as it is
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         out[name] = {"lo": float(np.percentile(values, tail)), "hi": float(np.percentile(values, 100 - tail)),
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+                     "std": std}
     return out
 
 
