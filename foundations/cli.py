@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     try:
+        # light imports only: `compile` sets XLA_FLAGS before anything imports JAX
+        from foundations.config import CheckpointError
         from foundations.scaling.results import ResultsError
-        from foundations.train.checkpoint import CheckpointError
         args.func(args)
     except (ConfigError, ResultsError) as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A configuration problem a user can fix; the CLI prints it as one line."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be read back (train/checkpoint.py raises it; it lives
+    here so that the CLI can catch it without importing JAX)."""
+
+
 @dataclass
 class ModelConfig:
     """One Transformer code base; GPT-2, LLaMA, Mixtral, BERT and T5 are settings of these

@@ -1,5 +1,7 @@
 """The launch scripts: they pass shellcheck, and --dry-run prints the commands they would run."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,3 +109,16 @@ def test_compile_reports_sharded_memory_on_a_simulated_mesh(tiny_config):
     assert report["alias_bytes"] > 0  # the state is donated: updated in place
     assert report["bytes_per_device"] >= report["argument_bytes"]
     assert report["flops_per_device"] > 0 and report["model_flops_per_step"] > 0
+
+
+def test_compile_command_sets_up_its_own_simulated_devices(tmp_path):
+    """The README's `foundations compile CONFIG --topology cpu-N`, with no XLA_FLAGS: the command
+    must set the device count before anything imports JAX."""
+    script = shutil.which("foundations") or str(Path(sys.executable).parent / "foundations")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([script, "compile", str(REPO / "experiments" / "smoke.yaml"),
+                             "--topology", "cpu-4", "mesh.fsdp=4", "--json"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["devices"] == 4 and report["mesh"]["fsdp"] == 4

@@ -17,7 +17,6 @@ import yaml
 
 from foundations.config import (Config, ConfigError, apply_dict, resolved_model, set_field,
                                 validate)
-from foundations.data.pipeline import configured_tokenizer
 from foundations.models.flops import param_counts, train_flops_per_token
 
 
@@ -88,6 +87,9 @@ def size_config(base: Config, grid: GridConfig, depth: int) -> Config:
 
 def plan_runs(base: Config, grid: GridConfig) -> list[RunSpec]:
     """Every (size, budget) pair whose step count lies in [min_steps, max_steps]."""
+    # imported here: data.pipeline pulls in grain and JAX, which the CLI must not start before
+    # `foundations compile` has set XLA_FLAGS
+    from foundations.data.pipeline import configured_tokenizer
     vocab = configured_tokenizer(base.data.tokenizer).vocab_size
     tokens_per_step = base.train.batch_size * base.data.seq_len
     runs = []

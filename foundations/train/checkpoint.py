@@ -18,11 +18,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from foundations.config import CheckpointConfig
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that exists but cannot be read back."""
+from foundations.config import CheckpointConfig, CheckpointError  # noqa: F401 (raised here)
 
 
 def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointManager:
