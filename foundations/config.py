@@ -360,24 +360,23 @@ def _validate_pipeline(config: Config) -> None:
 RESUMABLE_MODEL_KEYS = ("attention_impl", "dtype", "remat", "dropout")
 
 
-def changed_settings(saved: dict, config: Config) -> list[tuple[str, Any, Any]]:
-    """(section.key, saved value, new value) for every setting that differs from a saved
-    config (as read from a run's config.yaml)."""
-    changes = []
-    for section, values in to_dict(config).items():
-        for key, value in values.items():
-            old = saved.get(section, {}).get(key, value)
-            if old != value:
-                changes.append((f"{section}.{key}", old, value))
-    return changes
+def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:
+    """(section.key, saved value, new value) for every setting in which `config` differs from
+    `saved` (a run's config.yaml, loaded with load_config)."""
+    old, new = to_dict(saved), to_dict(config)
+    return [(f"{section}.{key}", old[section][key], value)
+            for section, values in new.items() for key, value in values.items()
+            if old[section][key] != value]
 
 
 def incompatible_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
     """The changes that make a run's checkpoints meaningless for the new config: the model's
     shape and family, the tokenizer and the objective."""
-    return [c for c in changes
-            if (c[0].startswith("model.") and c[0][6:] not in RESUMABLE_MODEL_KEYS)
-            or c[0] in ("data.tokenizer", "train.objective")]
+    def refused(name: str) -> bool:
+        section, key = name.split(".", 1)
+        return ((section == "model" and key not in RESUMABLE_MODEL_KEYS)
+                or name in ("data.tokenizer", "train.objective"))
+    return [change for change in changes if refused(change[0])]
 
 
 def to_dict(config: Config) -> dict:

@@ -90,9 +90,10 @@ def test_corrupt_checkpoint_is_one_line_with_a_way_forward(smoke_run, tmp_path):
     run_dir = tmp_path / "damaged"
     shutil.copytree(smoke_run[0], run_dir)
     state = run_dir / "checkpoints" / "24" / "state"
-    for f in state.rglob("*"):
-        if f.is_file() and f.parent.name == "d":  # the array data files
-            f.write_bytes(b"\x00" * 8)
+    data_files = [f for f in state.rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert data_files  # the array data files of orbax's layout
+    for f in data_files:
+        f.write_bytes(b"\x00" * 8)
     script = shutil.which("foundations") or str(Path(sys.executable).parent / "foundations")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run([script, "generate", "--run-dir", str(run_dir), "--prompt", "A"],

@@ -94,7 +94,6 @@ def test_objective_trains(tiny_config, data, overrides):
                                                 rel=1e-5)
         assert 0.5 < metrics["rtd_accuracy"] <= 1.0
         assert 0.0 < metrics["replaced_fraction"] < 0.2
-        assert 0.0 <= metrics["rtd_recall"] <= 1.0
     else:
         assert metrics["ppl"] == pytest.approx(np.exp(metrics["loss"]), rel=1e-4)
 

@@ -261,7 +261,7 @@ def bootstrap(fit_fn, arrays, n_boot=100, seed=0, groups=None):
 
     fit_fn(*arrays) -> dict of floats. groups (optional, one label per point) resamples within each
     group, so e.g. every IsoFLOP budget keeps its size. Replicates whose fit raises, or gives a value
-that is not finite, are dropped.
+    that is not finite, are dropped.
     intervals[name] = {"lo": 2.5th percentile, "hi": 97.5th, "std": ...}.
     """
     arrays = [np.asarray(a) for a in arrays]

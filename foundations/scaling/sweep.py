@@ -120,7 +120,7 @@ def _sweep_command(args) -> None:
         return  # another shard is still running, or no report was asked for
     from foundations.scaling.cli import write_report
     written = write_report(results, Path(args.out) / "plots", n_boot=args.bootstrap)
-    print(Path(written[1]).read_text())  # the fit report
+    print((Path(args.out) / "fit.txt").read_text())
     print("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -18,7 +18,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from foundations.config import CheckpointConfig, CheckpointError  # noqa: F401 (raised here)
+from foundations.config import CheckpointConfig, CheckpointError
 
 
 def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointManager:

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
-                                resolved_model, save_config)
+                                load_config, resolved_model, save_config)
 from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
                                        train_iterator)
 from foundations.inference.evaluate import describe, evaluate
@@ -40,11 +39,15 @@ def log(message: str) -> None:
 
 
 def build(config: Config, mesh=None, data: TextData | None = None):
-    """Data, resolved model config and Trainer for `config` (mesh from config.mesh by default)."""
+    """(data, Trainer) for `config`: the text is read and tokenized unless `data` is given."""
     data = data or load_text_data(config.data)
-    model_cfg = resolved_model(config, data.tokenizer.vocab_size)
+    return data, make_trainer(config, data.tokenizer, mesh)
+
+
+def make_trainer(config: Config, tokenizer, mesh=None) -> Trainer:
+    """The Trainer for `config` with the model sized to `tokenizer` (mesh from config.mesh)."""
     mesh = mesh if mesh is not None else make_mesh(config.mesh)
-    return data, Trainer(config, model_cfg, mesh, data.tokenizer)
+    return Trainer(config, resolved_model(config, tokenizer.vocab_size), mesh, tokenizer)
 
 
 def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
@@ -166,9 +169,8 @@ def check_resumable(config: Config, run_dir: Path) -> list:
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
         return []
-    saved = yaml.safe_load(saved_file.read_text()) or {}
-    changes = [c for c in changed_settings(saved, config)  # the same tokenizer, elsewhere
-               if not (c[0] == "data.tokenizer" and same_tokenizer(c[2], run_dir))]
+    changes = [c for c in changed_settings(load_config(saved_file), config)
+               if not (c[0] == "data.tokenizer" and same_tokenizer(c[2], run_dir))]  # moved
     refused = incompatible_changes(changes)
     if refused:
         listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
@@ -190,7 +192,6 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
 
     By default the state is restored onto one device, whatever mesh trained it; pass
     `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
-    from foundations.config import load_config  # local: keeps the module's imports at the top short
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
@@ -205,8 +206,7 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
     if single_device:
         config = dataclasses.replace(config, mesh=dataclasses.replace(
             config.mesh, data=1, fsdp=1, tensor=1, stage=1, expert=1))
-    trainer = Trainer(config, resolved_model(config, tokenizer.vocab_size),
-                      make_mesh(config.mesh, devices), tokenizer)
+    trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, devices))
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     step = manager.latest_step()
     if step is None:
