@@ -29,7 +29,7 @@ def _train(args) -> None:
         print(f"step {summary['step']}: validation loss {summary['val_loss']:.4f}, "
               f"perplexity {summary['val_ppl']:.2f}, bits per byte {summary['val_bpb']:.3f}")
     else:
-        from foundations.inference.evaluate import describe
+        from foundations.train.evaluate import describe
         print(f"step {summary['step']}: {describe(summary)}")
     if summary["sample"]:
         print(f"sample:\n{summary['sample']}")
@@ -38,7 +38,7 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from foundations.config import ConfigError
     from foundations.data.pipeline import expand_files, tokenize_files
-    from foundations.inference.evaluate import evaluate
+    from foundations.train.evaluate import evaluate
     from foundations.train.loop import load_run
     config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     tokens, n_bytes = tokenize_files(expand_files(args.files), tokenizer)
@@ -52,7 +52,7 @@ def _eval(args) -> None:
                       args.max_batches)
     step = int(state["step"])
     if "val_bpb" not in result:  # objectives other than causal LM report their own metrics
-        from foundations.inference.evaluate import describe
+        from foundations.train.evaluate import describe
         print(f"{', '.join(args.files)} at step {step}: {describe(result)}")
         return
     print(f"{', '.join(args.files)} at step {step}: loss {result['val_loss']:.4f}, "

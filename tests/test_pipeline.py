@@ -7,7 +7,7 @@ import pytest
 
 from foundations.config import ConfigError
 from foundations.parallel.mesh import make_mesh
-from foundations.parallel.pipeline import bubble_fraction
+from foundations.parallel.gpipe import bubble_fraction
 from foundations.train.loop import build, train
 from foundations.train.metrics import read_metrics
 

@@ -63,4 +63,3 @@ class Attention(nn.Module):
         return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
 
 
-CausalSelfAttention = Attention  # the name the decoder-only code base used first

@@ -70,7 +70,7 @@ class Decoder(nn.Module):
     """Maps token ids (B, T) to next-token logits (B, T, vocab_size). A boolean `mask`
     (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix)."""
     cfg: ModelConfig
-    pipeline: Any = None  # a parallel.pipeline.Pipeline: run the same blocks as pipeline stages
+    pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None):

@@ -1,7 +1,7 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
 Mesh axes: `stage` (pipeline stages, each holding a contiguous slice of the layer stack; see
-parallel/pipeline.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard
+parallel/gpipe.py), `data` (replicas that split the batch), `fsdp` (split the batch *and* shard
 parameters and optimizer state, gathering weights when used), `tensor` (split heads, MLP width and
 vocabulary inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by
 expert; it splits the batch too, so outside the MoE layers it acts like `data`). A parameter's

@@ -22,7 +22,7 @@ from foundations.config import (Config, ConfigError, changed_settings, incompati
                                 load_config, resolved_model, save_config)
 from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
                                        train_iterator)
-from foundations.inference.evaluate import describe, evaluate
+from foundations.train.evaluate import describe, evaluate
 from foundations.inference.generate import generate
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint

@@ -23,8 +23,7 @@ from foundations.models.families import build_model
 from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
 from foundations.objectives import make_objective
 from foundations.objectives.base import EVAL
-from foundations.objectives.losses import cross_entropy  # noqa: F401 (was defined here)
-from foundations.parallel.pipeline import Pipeline, check_pipeline
+from foundations.parallel.gpipe import Pipeline, check_pipeline
 from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding, check_divisible,
                                        logical_shardings, replicated)
 from foundations.train.optim import make_optimizer
