@@ -59,8 +59,25 @@ def _eval(args) -> None:
           f"perplexity {result['val_ppl']:.2f}, bits per byte {result['val_bpb']:.3f}")
 
 
+def _config(args) -> None:
+    import yaml
+    from foundations.config import ConfigError, describe_keys, load_config, to_dict
+    if args.keys:
+        print(describe_keys())
+        return
+    if args.config is None:
+        raise ConfigError("give a CONFIG file to resolve, or --keys to list every key")
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+
+
 def _generate(args) -> None:
+    from foundations.config import ConfigError
     from foundations.train.loop import load_run, sample_text
+    if args.temperature < 0 or args.max_new_tokens < 1 or args.num_samples < 1:
+        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}), "
+                          f"--max-new-tokens and --num-samples >= 1 (got {args.max_new_tokens}, "
+                          f"{args.num_samples})")
     config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     for i in range(args.num_samples):
         text = sample_text(trainer, state["params"], tokenizer, args.prompt,
@@ -81,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "an existing one is resumed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    p = commands.add_parser("config", help="print the resolved config, or list every key")
+    p.add_argument("config", nargs="?", help="YAML file, e.g. experiments/smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.moe.num_experts=8")
+    p.add_argument("--keys", action="store_true",
+                   help="list every key with its type, default and doc")
+    p.set_defaults(func=_config)
 
     p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run on text")
     p.add_argument("files", nargs="+", help="text files or directories of *.txt")

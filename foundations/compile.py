@@ -81,26 +81,18 @@ def topology_devices(topology: dict):
 def compile_train_step(config, topology: dict) -> dict:
     """Lowers and compiles one train step of `config` on `topology`; returns memory and FLOPs."""
     import jax
-    import jax.numpy as jnp
-    from foundations.config import resolved_model
-    from foundations.data.pipeline import configured_tokenizer
     from foundations.parallel.mesh import make_mesh
     from foundations.train.trainer import Trainer
 
     devices = topology_devices(topology)
-    model_cfg = resolved_model(config, configured_tokenizer(config.data.tokenizer).vocab_size)
     mesh = make_mesh(config.mesh, devices)
     if mesh.size != len(devices):
         raise ConfigError(f"mesh {dict(mesh.shape)} uses {mesh.size} of the {len(devices)} "
                           f"devices of {topology['name']}; make the mesh sizes multiply to "
                           f"{len(devices)} (or set one to -1)")
-    trainer = Trainer(config, model_cfg, mesh)
+    trainer = Trainer(config, mesh)
     tc = config.train
-    batch = jax.ShapeDtypeStruct((tc.grad_accum, tc.batch_size // tc.grad_accum,
-                                  config.data.seq_len + 1), jnp.int32,
-                                 sharding=trainer.batch_sharding)
-    lowered = trainer._in_mesh(lambda: trainer._train_step.lower(trainer.abstract_state,
-                                                                 batch))()
+    lowered = trainer.lower_train_step()
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:

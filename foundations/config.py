@@ -1,17 +1,22 @@
-"""Typed configuration: dataclasses per section, loaded from YAML plus `section.key=value` overrides.
+"""Typed configuration: one frozen, fully resolved `Config` of nested sections.
 
-Every key is checked: an unknown key or a value of the wrong type raises `ConfigError` with a
-one-line message naming the key (and the closest known keys), never a traceback from deep inside.
+`load_config(path, overrides)` reads a YAML file, applies `section.key=value` overrides (nested:
+`model.moe.num_experts=8`), checks every key, type, choice and range, derives what was left to
+derive (vocabulary size, key/value heads, head size, MLP width, decoder depth) and returns a frozen
+`Config`: the one object the rest of the code reads, saves in a run directory and compares on
+resume. Choices are `Literal` types and each knob carries its one-line doc (`foundations config
+--keys` lists them). Problems raise `ConfigError` with a one-line message naming the key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -25,139 +30,197 @@ class CheckpointError(RuntimeError):
     here so that the CLI can catch it without importing JAX)."""
 
 
-@dataclass
+def knob(default, doc: str, check: str = ""):
+    """A config field with its one-line doc and an optional range check: '> 0', '>= 0', '>= 1',
+    '[0, 1]', '[0, 1)', '(0, 1)', '(0, 1]' or '-1 or > 0'."""
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+Family = Literal["decoder", "encoder", "encdec"]
+Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
+Mlp = Literal["gelu", "swiglu"]
+PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "t5_bias", "none"]
+RopeScaling = Literal["none", "linear", "ntk"]
+AttentionImpl = Literal["auto", "xla", "cudnn"]
+DType = Literal["float32", "bfloat16"]
+Remat = Literal["none", "full", "dots"]
+ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
+ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
+
+
+@dataclass(frozen=True)
+class PositionsConfig:
+    """How token positions enter the model (models/positions.py)."""
+    kind: PositionKind = knob("learned", "learned table, sinusoids, rotary, ALiBi, T5 relative "
+                              "bias buckets, or none")
+    theta: float = knob(10000.0, "rope: base of the rotary frequencies", "> 0")
+    scaling: RopeScaling = knob("none", "rope: context extension by position interpolation "
+                                "(linear) or NTK-aware theta (ntk)")
+    factor: float = knob(1.0, "rope: context extension factor for scaling", ">= 1")
+    buckets: int = knob(32, "t5_bias: number of relative-position buckets", "> 0")
+    max_distance: int = knob(128, "t5_bias: distances beyond this share the last bucket", "> 0")
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """Mixture of experts (models/moe.py): num_experts > 0 replaces each block's MLP."""
+    num_experts: int = knob(0, "experts per MoE layer; 0: a dense MLP", ">= 0")
+    experts_per_token: int = knob(2, "top-k routing: experts each token is sent to", "> 0")
+    capacity_factor: float = knob(0.0, "0: dropless; > 0: each expert takes cf * k * T / E "
+                                  "tokens", ">= 0")
+    aux_loss_coef: float = knob(0.01, "Switch/Mixtral load-balancing loss weight", ">= 0")
+    z_loss_coef: float = knob(0.0, "ST-MoE router z-loss weight", ">= 0")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One Transformer code base; GPT-2, LLaMA, Mixtral, BERT and T5 are settings of these
-    fields (`family` picks decoder-only, encoder-only or encoder-decoder)."""
-    vocab_size: int = 0            # 0: the tokenizer's size, rounded up to vocab_multiple
-    vocab_multiple: int = 64       # pad the embedding table so it divides meshes and tiles well
-    num_layers: int = 4
-    d_model: int = 128
-    num_heads: int = 4
-    num_kv_heads: int = 0          # 0: same as num_heads (multi-head); fewer: grouped-query
-    head_dim: int = 0              # 0: d_model // num_heads
-    d_ff: int = 0                  # 0: 4*d_model for gelu, 8/3*d_model (rounded to 64) for swiglu
-    max_seq_len: int = 256
-    norm: str = "layernorm"        # layernorm | rmsnorm
-    norm_eps: float = 1e-5
-    mlp: str = "gelu"              # gelu | swiglu
-    positions: str = "learned"     # learned | rope
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = True
-    use_bias: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    attention_impl: str = "auto"   # auto | xla | cudnn  (jax.nn.dot_product_attention)
-    dtype: str = "float32"         # compute dtype: float32 | bfloat16 (params stay param_dtype)
-    param_dtype: str = "float32"
-    remat: str = "none"            # none | full | dots: recompute block activations in backward
-    # ---- model families (see foundations/models/families.py)
-    family: str = "decoder"        # decoder (GPT/LLaMA/Mixtral) | encoder (BERT) | encdec (T5)
-    norm_position: str = "pre"     # pre: x + f(norm(x)) | post: norm(x + f(x)) (BERT)
-    num_decoder_layers: int = 0    # encdec: decoder depth; 0: num_layers
-    type_vocab_size: int = 2       # encoder: segment (token type) embeddings; 0: none
-    local_window_size: int = 0     # >0: each query sees only the last N keys (itself included)
-    rope_scaling: str = "none"     # none | linear (position interpolation) | ntk (NTK-aware theta)
-    rope_scaling_factor: float = 1.0   # context extension factor for rope_scaling
-    relative_buckets: int = 32     # t5_bias: number of relative-position buckets
-    relative_max_distance: int = 128   # t5_bias: distances beyond this share the last bucket
-    # ---- mixture of experts (num_experts > 0 replaces each block's MLP)
-    num_experts: int = 0
-    experts_per_token: int = 2     # top-k routing
-    capacity_factor: float = 0.0   # 0: dropless; >0: each expert takes cf * k * T / E tokens
-    router_aux_loss_coef: float = 0.01   # Switch/Mixtral load-balancing loss weight
-    router_z_loss_coef: float = 0.0      # ST-MoE router z-loss weight
+    fields (`family` picks decoder-only, encoder-only or encoder-decoder). None: derived."""
+    family: Family = knob("decoder", "decoder (GPT/LLaMA/Mixtral), encoder (BERT), encdec (T5)")
+    vocab_size: Optional[int] = knob(None, "embedding rows; None: the tokenizer's size rounded "
+                                     "up to vocab_multiple", "> 0")
+    vocab_multiple: int = knob(64, "pad the derived vocabulary to a multiple of this", "> 0")
+    num_layers: int = knob(4, "blocks (encdec: encoder blocks)", "> 0")
+    num_decoder_layers: Optional[int] = knob(None, "encdec: decoder blocks; None: num_layers",
+                                             "> 0")
+    d_model: int = knob(128, "residual stream width", "> 0")
+    num_heads: int = knob(4, "query heads", "> 0")
+    num_kv_heads: Optional[int] = knob(None, "key/value heads; fewer than num_heads: "
+                                       "grouped-query; None: num_heads", "> 0")
+    head_dim: Optional[int] = knob(None, "size of each head; None: d_model // num_heads", "> 0")
+    d_ff: Optional[int] = knob(None, "MLP width; None: 4*d_model (gelu) or 8/3*d_model rounded "
+                               "to 64 (swiglu)", "> 0")
+    max_seq_len: int = knob(256, "longest sequence (learned position table size)", "> 0")
+    norm: Norm = knob("layernorm", "normalisation layer")
+    norm_eps: float = knob(1e-5, "normalisation epsilon", "> 0")
+    norm_position: NormPosition = knob("pre", "pre: x + f(norm(x)); post: norm(x + f(x)) (BERT)")
+    mlp: Mlp = knob("gelu", "MLP kind")
+    tie_embeddings: bool = knob(True, "output head shares the token embedding table")
+    use_bias: bool = knob(True, "biases in dense layers (and LayerNorm)")
+    dropout: float = knob(0.0, "dropout rate on embeddings, attention and MLP outputs", "[0, 1)")
+    init_std: float = knob(0.02, "standard deviation of the normal initialisers", "> 0")
+    type_vocab_size: int = knob(2, "encoder: segment (token type) embeddings; 0: none", ">= 0")
+    local_window_size: int = knob(0, "> 0: each query sees only the last N keys (itself "
+                                  "included); 0: all", ">= 0")
+    attention_impl: AttentionImpl = knob("auto", "jax.nn.dot_product_attention implementation")
+    dtype: DType = knob("float32", "compute dtype (parameters stay param_dtype)")
+    param_dtype: DType = knob("float32", "parameter dtype")
+    remat: Remat = knob("none", "recompute block activations in the backward pass")
+    positions: PositionsConfig = field(default_factory=PositionsConfig)
+    moe: MoeConfig = field(default_factory=MoeConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The pre-training task (objectives/): what is predicted and how inputs are corrupted."""
+    kind: ObjectiveKind = knob("clm", "clm, prefix_lm (decoder); mlm, electra (encoder); span "
+                               "(encdec)")
+    mask_prob: float = knob(0.15, "mlm/electra: share of tokens selected for prediction",
+                            "(0, 1)")
+    whole_word_mask: bool = knob(False, "mlm/electra: select whole words, not single tokens")
+    noise_density: float = knob(0.15, "span: share of tokens corrupted", "(0, 1)")
+    mean_span_length: float = knob(3.0, "span: mean length of a corrupted span", ">= 1")
+    generator_scale: float = knob(0.25, "electra: generator width / discriminator width",
+                                  "(0, 1]")
+    disc_weight: float = knob(50.0, "electra: weight of the replaced-token detection loss",
+                              "> 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Text files -> tokens -> packed fixed-length sequences."""
-    train_files: list[str] = field(default_factory=lambda: ["tinyshakespeare/input.txt"])
-    val_files: list[str] = field(default_factory=list)  # empty: hold out val_fraction of train
-    val_fraction: float = 0.1
-    tokenizer: str = "byte"        # "byte" or a directory made by `foundations tokenize train`
-    seq_len: int = 256
-    shuffle_seed: int = 0
-    fallback_encoding: str = ""    # e.g. latin-1: used for files that are not UTF-8 ("": refuse)
+    train_files: tuple[str, ...] = knob(("tinyshakespeare/input.txt",), "training text files or "
+                                        "directories (bundled corpora by relative name)")
+    val_files: tuple[str, ...] = knob((), "validation files; empty: hold out val_fraction")
+    val_fraction: float = knob(0.1, "share of the training text held out for validation",
+                               "[0, 1)")
+    tokenizer: str = knob("byte", "'byte' or a directory made by `foundations tokenize train`")
+    seq_len: int = knob(256, "tokens per training window", "> 0")
+    shuffle_seed: int = knob(0, "seed of the window order")
+    fallback_encoding: str = knob("", "e.g. latin-1: for files that are not UTF-8 ('': refuse)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MeshConfig:
     """Device mesh axis sizes; their product must equal the number of devices (-1: fill)."""
-    data: int = 1
-    fsdp: int = 1
-    tensor: int = 1
-    stage: int = 1                 # pipeline stages: the layer stack split S ways
-    microbatches: int = 1          # pipeline microbatches per step (bubble (S-1)/(M+S-1))
-    expert: int = 1                # shards MoE experts (and, like data, the batch)
+    data: int = knob(1, "replicas that split the batch", "-1 or > 0")
+    fsdp: int = knob(1, "split the batch and shard parameters and optimizer state", "-1 or > 0")
+    tensor: int = knob(1, "shard heads and MLP width (Megatron-style)", "-1 or > 0")
+    stage: int = knob(1, "pipeline stages: the layer stack split S ways", "> 0")
+    microbatches: int = knob(1, "pipeline microbatches per step (bubble (S-1)/(M+S-1))", "> 0")
+    expert: int = knob(1, "shard MoE experts (and, like data, the batch)", "-1 or > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW with global-norm clipping; decay skips norms, biases and embeddings by default."""
-    lr: float = 1e-3
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    decay_embeddings: bool = False
-    decay_norms_and_biases: bool = False
-    clip_norm: float = 1.0         # 0: no clipping
+    lr: float = knob(1e-3, "peak learning rate", "> 0")
+    b1: float = knob(0.9, "Adam first-moment decay", "[0, 1)")
+    b2: float = knob(0.95, "Adam second-moment decay", "[0, 1)")
+    eps: float = knob(1e-8, "Adam epsilon", "> 0")
+    weight_decay: float = knob(0.1, "decoupled weight decay on the decayed parameters", ">= 0")
+    decay_embeddings: bool = knob(False, "also decay embedding and position tables")
+    decay_norms_and_biases: bool = knob(False, "also decay norm scales and biases")
+    clip_norm: float = knob(1.0, "clip gradients to this global norm; 0: no clipping", ">= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Linear warmup, then cosine | linear | constant | wsd (warmup-stable-decay)."""
-    kind: str = "cosine"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1      # final lr as a fraction of the peak
-    decay_fraction: float = 0.2    # wsd: the share of steps spent in the final decay
+    kind: ScheduleKind = knob("cosine", "shape of the learning rate after warmup")
+    warmup_steps: int = knob(100, "linear warmup from 0 to the peak (at most train.steps)",
+                             ">= 0")
+    min_lr_ratio: float = knob(0.1, "final learning rate as a fraction of the peak", "[0, 1]")
+    decay_fraction: float = knob(0.2, "wsd: the share of steps spent in the final decay",
+                                 "(0, 1]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 500               # save every N steps (and always at the end); 0: only at the end
-    keep: int = 3                  # keep the last K checkpoints
-    async_save: bool = True
+    """Orbax checkpoints under the run directory's checkpoints/."""
+    every: int = knob(500, "save every N steps (and always at the end); 0: only at the end",
+                      ">= 0")
+    keep: int = knob(3, "keep the last K checkpoints", "> 0")
+    async_save: bool = knob(True, "write checkpoints in the background while training goes on")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16           # global batch, in sequences
-    grad_accum: int = 1            # microbatches per step; batch_size must divide by it
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200          # 0: only at the end
-    eval_batches: int = 16         # validation batches per evaluation; 0: the whole split
-    sample_prompt: str = "ROMEO:"
-    sample_tokens: int = 200
-    sample_temperature: float = 0.8
-    peak_flops: float = 0.0        # per device, for MFU; 0: looked up from the device kind
-    # ---- objectives (see foundations/objectives/)
-    objective: str = "clm"         # clm | mlm | span | prefix_lm | electra
-    mask_prob: float = 0.15        # mlm/electra: share of tokens selected for prediction
-    whole_word_mask: bool = False  # mlm/electra: select whole words, not single tokens
-    noise_density: float = 0.15    # span: share of tokens corrupted
-    mean_span_length: float = 3.0  # span: mean length of a corrupted span
-    electra_generator_scale: float = 0.25  # electra: generator width / discriminator width
-    electra_disc_weight: float = 50.0      # electra: lambda on the discriminator loss
+    """The training loop: batch, steps, logging, evaluation and the end-of-run sample."""
+    steps: int = knob(1000, "optimizer steps to train to", ">= 0")
+    batch_size: int = knob(16, "global batch, in sequences", "> 0")
+    grad_accum: int = knob(1, "microbatches per step; batch_size must divide by it", "> 0")
+    seed: int = knob(0, "seed of initialisation, dropout and objective masks")
+    log_every: int = knob(10, "log metrics every N steps", "> 0")
+    eval_every: int = knob(200, "evaluate every N steps; 0: only at the end", ">= 0")
+    eval_batches: int = knob(16, "validation batches per evaluation; 0: the whole split", ">= 0")
+    sample_prompt: str = knob("ROMEO:", "prompt of the sample printed at the end")
+    sample_tokens: int = knob(200, "tokens sampled at the end (decoders); 0: none", ">= 0")
+    sample_temperature: float = knob(0.8, "temperature of that sample; 0: greedy", ">= 0")
+    peak_flops: float = knob(0.0, "per device, for MFU; 0: looked up from the device kind",
+                             ">= 0")
+    init_from: str = knob("", "a run directory: start this (new) run from its parameters")
+    init_step: Optional[int] = knob(None, "init_from's checkpoint step; None: its latest",
+                                    ">= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistributedConfig:
     """Multi-process runs (parallel/distributed.py); empty values come from the environment."""
-    coordinator_address: str = ""  # host:port of process 0; "": $JAX_COORDINATOR_ADDRESS
-    num_processes: int = 0         # 0: $JAX_NUM_PROCESSES, else 1 (or auto-detected)
-    process_id: int = -1           # -1: $JAX_PROCESS_ID
-    auto: bool = True              # detect Cloud TPU VM slices and multi-task SLURM jobs
-    init_timeout_s: int = 300      # wait this long for all processes to join
-    heartbeat_timeout_s: int = 100  # a silent process is declared dead; the others then exit
+    coordinator_address: str = knob("", "host:port of process 0; '': $JAX_COORDINATOR_ADDRESS")
+    num_processes: int = knob(0, "0: $JAX_NUM_PROCESSES, else 1 (or auto-detected)", ">= 0")
+    process_id: int = knob(-1, "-1: $JAX_PROCESS_ID")
+    auto: bool = knob(True, "detect Cloud TPU VM slices and multi-task SLURM jobs")
+    init_timeout_s: int = knob(300, "wait this long for all processes to join", "> 0")
+    heartbeat_timeout_s: int = knob(100, "a silent process is declared dead after this",
+                                    "> 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -167,37 +230,40 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
-CHOICES = {
-    "model.norm": ("layernorm", "rmsnorm"),
-    "model.mlp": ("gelu", "swiglu"),
-    "model.positions": ("learned", "rope", "sinusoidal", "alibi", "t5_bias", "none"),
-    "model.family": ("decoder", "encoder", "encdec"),
-    "model.norm_position": ("pre", "post"),
-    "model.rope_scaling": ("none", "linear", "ntk"),
-    "train.objective": ("clm", "mlm", "span", "prefix_lm", "electra"),
-    "model.attention_impl": ("auto", "xla", "cudnn"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.param_dtype": ("float32", "bfloat16"),
-    "model.remat": ("none", "full", "dots"),
-    "schedule.kind": ("cosine", "linear", "constant", "wsd"),
-}
+# ------------------------------------------------------------------ reading and checking
 
-
-def _close_matches(name: str, options) -> str:
+def close_matches(name: str, options) -> str:
     matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
 
 
-def _coerce(key: str, value: Any, annotation) -> Any:
+def type_name(annotation) -> str:
+    """How `foundations config --keys` and the errors spell a field's type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(args)
+    if origin is typing.Union:
+        return " or ".join("None" if a is type(None) else type_name(a) for a in args)
+    if origin is tuple:
+        return f"list of {type_name(args[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def coerce(key: str, value: Any, annotation) -> Any:
     """Checks `value` against a field's type; ints are accepted where floats are expected."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        (item_type,) = typing.get_args(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[X]
+        return None if value is None else coerce(key, value, args[0])
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(args)}")
+    if origin is tuple:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single path where a list is expected
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+        return tuple(coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -215,105 +281,170 @@ def _coerce(key: str, value: Any, annotation) -> Any:
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    type_name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{key}: expected {type_name}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key}: expected {type_name(annotation)}, got {value!r} "
+                      f"({type(value).__name__})")
 
 
-def set_field(section_obj, section_name: str, key: str, value: Any) -> None:
-    hints = typing.get_type_hints(type(section_obj))
-    if key not in hints:
-        raise ConfigError(f"unknown key '{section_name}.{key}'"
-                          + _close_matches(key, hints) + f"; keys of '{section_name}': "
-                          + ", ".join(hints))
-    full = f"{section_name}.{key}"
-    value = _coerce(full, value, hints[key])
-    if full in CHOICES and value not in CHOICES[full]:
-        raise ConfigError(f"{full}: {value!r} is not one of {', '.join(CHOICES[full])}")
-    setattr(section_obj, key, value)
+def in_range(value, check: str) -> bool:
+    """Whether `value` passes a knob's check ('> 0', '[0, 1)', '-1 or > 0', ...)."""
+    if check == "-1 or > 0":
+        return value == -1 or value > 0
+    if check[0] in "[(":
+        low, high = (float(x) for x in check[1:-1].split(","))
+        return ((low <= value if check[0] == "[" else low < value)
+                and (value <= high if check[-1] == "]" else value < high))
+    op, bound = check.split()
+    return value > float(bound) if op == ">" else value >= float(bound)
 
 
-def _section(config: Config, name: str):
-    sections = [f.name for f in dataclasses.fields(Config)]
-    if name not in sections:
-        raise ConfigError(f"unknown section '{name}'" + _close_matches(name, sections)
-                          + f"; sections: {', '.join(sections)}")
-    return getattr(config, name)
-
-
-def apply_dict(config: Config, tree: dict, source: str = "config") -> Config:
-    """Applies a nested {section: {key: value}} mapping (as read from YAML) onto `config`."""
+def build_section(cls, tree: Any, name: str):
+    """A section dataclass from a mapping of its keys: unknown keys, types, choices and ranges
+    are checked here, nested sections recursively."""
+    where = f"'{name}'" if name else "the config"
     if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(tree).__name__}")
-    for section_name, values in tree.items():
-        section = _section(config, section_name)
+        raise ConfigError(f"{where} must be a mapping of keys, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in tree.items():
+        full = f"{name}.{key}" if name else str(key)
+        if key not in hints:
+            kind = "key" if name else "section"
+            raise ConfigError(f"unknown {kind} '{full}'" + close_matches(str(key), hints)
+                              + f"; {'keys of ' + where if name else 'sections'}: "
+                              + ", ".join(hints))
+        if dataclasses.is_dataclass(hints[key]):
+            values[key] = build_section(hints[key], value, full)
+            continue
+        value = coerce(full, value, hints[key])
+        check = fields[key].metadata.get("check")
+        if check and value is not None and not in_range(value, check):
+            raise ConfigError(f"{full}={value!r} must be "
+                              f"{'in ' if check[0] in '[(' else ''}{check}")
+        values[key] = value
+    return cls(**values)
+
+
+# Keys of the flat layout that run directories written before the nested sections still have.
+OLD_KEYS = {
+    "model.positions": "model.positions.kind", "model.rope_theta": "model.positions.theta",
+    "model.rope_scaling": "model.positions.scaling",
+    "model.rope_scaling_factor": "model.positions.factor",
+    "model.relative_buckets": "model.positions.buckets",
+    "model.relative_max_distance": "model.positions.max_distance",
+    "model.num_experts": "model.moe.num_experts",
+    "model.experts_per_token": "model.moe.experts_per_token",
+    "model.capacity_factor": "model.moe.capacity_factor",
+    "model.router_aux_loss_coef": "model.moe.aux_loss_coef",
+    "model.router_z_loss_coef": "model.moe.z_loss_coef",
+    "train.objective": "objective.kind", "train.mask_prob": "objective.mask_prob",
+    "train.whole_word_mask": "objective.whole_word_mask",
+    "train.noise_density": "objective.noise_density",
+    "train.mean_span_length": "objective.mean_span_length",
+    "train.electra_generator_scale": "objective.generator_scale",
+    "train.electra_disc_weight": "objective.disc_weight",
+}
+# ... where 0 meant "derive it" (now None)
+OLD_DERIVED_ZERO = ("model.vocab_size", "model.num_kv_heads", "model.head_dim", "model.d_ff",
+                    "model.num_decoder_layers")
+
+
+def new_path(path: list[str], value: Any) -> list[str]:
+    """The nested name of a key of the old flat layout (others are returned as they are)."""
+    dotted = ".".join(path)
+    if dotted in OLD_KEYS and not isinstance(value, dict):
+        return OLD_KEYS[dotted].split(".")
+    return path
+
+
+def migrate(tree: dict) -> dict:
+    """Moves the old flat keys (`model.rope_theta`, `train.objective`, 0 placeholders) to the
+    nested layout, so that older configs and run directories still load."""
+    moved = []
+    for section, values in tree.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{section_name}' must be a mapping of keys")
-        for key, value in values.items():
-            set_field(section, section_name, key, value)
-    return config
+            continue
+        for key in list(values):
+            dotted = f"{section}.{key}"
+            if dotted in OLD_DERIVED_ZERO and values[key] == 0:
+                values[key] = None
+            if new_path([section, key], values[key]) != [section, key]:
+                moved.append((new_path([section, key], values[key]), values.pop(key)))
+    for path, value in moved:
+        set_path(tree, path, value)
+    return tree
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """'train.steps=80' -> ('train', 'steps', 80); the value is parsed as YAML."""
+def set_path(tree: dict, path: typing.Sequence[str], value: Any) -> None:
+    """tree[a][b][c] = value for path (a, b, c), making the mappings on the way."""
+    path = new_path(list(path), value)
+    node = tree
+    for i, key in enumerate(path[:-1]):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path[:i + 1])} is a value, not a section")
+    node[path[-1]] = value
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """'model.moe.num_experts=8' -> (('model', 'moe', 'num_experts'), 8); the value is YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
-    if dotted.count(".") != 1:
+    path = tuple(dotted.split("."))
+    if len(path) < 2 or not all(path):
         raise ConfigError(f"override {text!r}: expected section.key=value, e.g. train.steps=80")
-    section, key = dotted.split(".")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return section, key, value
+    return path, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the YAML file, then `section.key=value` overrides; then validation."""
-    config = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        apply_dict(config, tree, source=str(path))
-    for text in overrides:
-        section, key, value = parse_override(text)
-        set_field(_section(config, section), section, key, value)
+def read_tree(path: str | Path) -> dict:
+    """A YAML config file as a (migrated) mapping of sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+    return migrate(tree)
+
+
+def config_from_tree(tree: dict) -> Config:
+    """The checked, resolved, frozen Config of a mapping of sections."""
+    config = build_section(Config, migrate(copy.deepcopy(tree)), "")
     validate(config)
-    return config
+    return resolve(config)
 
 
-def validate(config: Config) -> None:
-    """Checks that need several fields at once; mesh divisibility is checked when the mesh exists."""
-    m, t = config.model, config.train
-    heads = m.num_heads
-    kv = m.num_kv_heads or heads
-    if heads <= 0 or m.d_model <= 0 or m.num_layers <= 0:
-        raise ConfigError("model.num_heads, model.d_model and model.num_layers must be positive")
-    if not m.head_dim and m.d_model % heads:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads={heads}"
-                          " (or set model.head_dim)")
-    if heads % kv:
-        raise ConfigError(f"model.num_heads={heads} is not divisible by model.num_kv_heads={kv}")
-    if config.data.seq_len > m.max_seq_len:
-        raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds "
-                          f"model.max_seq_len={m.max_seq_len}")
-    if t.batch_size <= 0 or t.steps < 0 or t.grad_accum <= 0:
-        raise ConfigError("train.batch_size and train.grad_accum must be positive, "
-                          "train.steps non-negative")
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
-                          f"train.grad_accum={t.grad_accum}")
-    _validate_pipeline(config)
-    if not 0.0 <= config.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={config.data.val_fraction} must be in [0, 1)")
-    if not config.data.val_files and config.data.val_fraction == 0.0:
-        raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
-    validate_family(config)
+def tokenizer_vocab_size(spec: str) -> int:
+    from foundations.tokenizers import load_tokenizer  # no JAX: `compile` sets it up later
+    try:
+        return load_tokenizer(spec).vocab_size
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"data.tokenizer: {e}") from None
+
+
+def resolve(config: Config) -> Config:
+    """Fills the derived model fields (vocabulary, key/value heads, head size, MLP width,
+    decoder depth) from the others and the tokenizer."""
+    m = config.model
+    vocab = m.vocab_size
+    if vocab is None:
+        vocab = -(-tokenizer_vocab_size(config.data.tokenizer) // m.vocab_multiple) \
+            * m.vocab_multiple
+    d_ff = m.d_ff or (4 * m.d_model if m.mlp == "gelu" else -(-(8 * m.d_model // 3) // 64) * 64)
+    model = dataclasses.replace(
+        m, vocab_size=vocab, num_kv_heads=m.num_kv_heads or m.num_heads,
+        head_dim=m.head_dim or m.d_model // m.num_heads, d_ff=d_ff,
+        num_decoder_layers=(m.num_decoder_layers or m.num_layers) if m.family == "encdec"
+        else None)
+    return dataclasses.replace(config, model=model)
 
 
 # which objectives each family trains with
@@ -321,30 +452,55 @@ FAMILY_OBJECTIVES = {"decoder": ("clm", "prefix_lm"), "encoder": ("mlm", "electr
                      "encdec": ("span",)}
 
 
+def validate(config: Config) -> None:
+    """Checks that need several fields at once; mesh divisibility is checked when the mesh exists."""
+    m, t, data = config.model, config.train, config.data
+    kv = m.num_kv_heads or m.num_heads
+    if not m.head_dim and m.d_model % m.num_heads:
+        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads="
+                          f"{m.num_heads} (or set model.head_dim)")
+    if m.num_heads % kv:
+        raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by "
+                          f"model.num_kv_heads={kv}")
+    if data.seq_len > m.max_seq_len:
+        raise ConfigError(f"data.seq_len={data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
+                          f"train.grad_accum={t.grad_accum}")
+    if config.schedule.warmup_steps > t.steps:
+        raise ConfigError(f"schedule.warmup_steps={config.schedule.warmup_steps} exceeds "
+                          f"train.steps={t.steps}")
+    if t.init_step is not None and not t.init_from:
+        raise ConfigError("train.init_step is set but train.init_from (a run directory) is not")
+    if not data.val_files and data.val_fraction == 0.0:
+        raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
+    validate_pipeline(config)
+    validate_family(config)
+
+
 def validate_family(config: Config) -> None:
     """Family, objective, positions and mixture-of-experts settings that must agree."""
-    m, t = config.model, config.train
-    if t.objective not in FAMILY_OBJECTIVES[m.family]:
-        raise ConfigError(f"train.objective={t.objective!r} does not fit model.family="
-                          f"{m.family!r}; use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
-    if m.num_experts < 0 or m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:
-        raise ConfigError(f"model.experts_per_token={m.experts_per_token} must be in "
-                          f"[1, model.num_experts={m.num_experts}]")
-    if m.num_experts and m.family != "decoder":
-        raise ConfigError("model.num_experts > 0 is supported for model.family=decoder only")
-    if m.capacity_factor < 0 or m.local_window_size < 0 or m.rope_scaling_factor < 1.0:
-        raise ConfigError("model.capacity_factor and model.local_window_size must be >= 0, "
-                          "model.rope_scaling_factor >= 1")
-    if not 0.0 < t.mask_prob < 1.0 or not 0.0 < t.noise_density < 1.0 or t.mean_span_length < 1:
-        raise ConfigError("train.mask_prob and train.noise_density must be in (0, 1), "
-                          "train.mean_span_length >= 1")
+    m, kind = config.model, config.objective.kind
+    if kind not in FAMILY_OBJECTIVES[m.family]:
+        raise ConfigError(f"objective.kind={kind!r} does not fit model.family={m.family!r}; "
+                          f"use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
+    if m.num_decoder_layers is not None and m.family != "encdec":
+        raise ConfigError("model.num_decoder_layers applies to model.family=encdec only")
+    moe = m.moe
+    if moe.num_experts and moe.experts_per_token > moe.num_experts:
+        raise ConfigError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
+                          f"model.moe.num_experts={moe.num_experts}")
+    if moe.num_experts and m.family != "decoder":
+        raise ConfigError("model.moe.num_experts > 0 is supported for model.family=decoder only")
+    p = m.positions
+    if p.kind != "rope" and p.scaling != "none":
+        raise ConfigError(f"model.positions.scaling={p.scaling!r} needs model.positions.kind="
+                          f"rope (it is {p.kind!r})")
 
 
-def _validate_pipeline(config: Config) -> None:
+def validate_pipeline(config: Config) -> None:
     """Pipeline settings that the config alone can refuse (the mesh checks the batch later)."""
     mesh, layers = config.mesh, config.model.num_layers
-    if mesh.stage < 1 or mesh.microbatches < 1:
-        raise ConfigError("mesh.stage and mesh.microbatches must be positive")
     if layers % mesh.stage:
         raise ConfigError(f"model.num_layers={layers} is not divisible by mesh.stage={mesh.stage}")
     micro = config.train.batch_size // config.train.grad_accum
@@ -356,49 +512,82 @@ def _validate_pipeline(config: Config) -> None:
         raise ConfigError("model.dropout > 0 is not supported with mesh.stage > 1")
 
 
-# Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
-RESUMABLE_MODEL_KEYS = ("attention_impl", "dtype", "remat", "dropout")
+# ------------------------------------------------------------------ using a config
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file, then `section.key=value` overrides; checked and resolved."""
+    tree = read_tree(path) if path is not None else {}
+    for text in overrides:
+        set_path(tree, *parse_override(text))
+    return config_from_tree(tree)
 
 
-def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:
-    """(section.key, saved value, new value) for every setting in which `config` differs from
-    `saved` (a run's config.yaml, loaded with load_config)."""
-    old, new = to_dict(saved), to_dict(config)
-    return [(f"{section}.{key}", old[section][key], value)
-            for section, values in new.items() for key, value in values.items()
-            if old[section][key] != value]
-
-
-def incompatible_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    """The changes that make a run's checkpoints meaningless for the new config: the model's
-    shape and family, the tokenizer and the objective."""
-    def refused(name: str) -> bool:
-        section, key = name.split(".", 1)
-        return ((section == "model" and key not in RESUMABLE_MODEL_KEYS)
-                or name in ("data.tokenizer", "train.objective"))
-    return [change for change in changes if refused(change[0])]
-
-
-def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+def to_dict(section) -> dict:
+    """A config (or section) as nested plain mappings, lists for tuples: what YAML stores."""
+    return {f.name: (to_dict(v) if dataclasses.is_dataclass(v) else
+                     list(v) if isinstance(v, tuple) else v)
+            for f in dataclasses.fields(section) for v in [getattr(section, f.name)]}
 
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def resolved_model(config: Config, tokenizer_vocab_size: int) -> ModelConfig:
-    """Fills the derived model fields (vocab, kv heads, head dim, d_ff) from the others."""
-    m = dataclasses.replace(config.model)
-    if m.vocab_size == 0:
-        mult = max(m.vocab_multiple, 1)
-        m.vocab_size = -(-tokenizer_vocab_size // mult) * mult
-    elif m.vocab_size < tokenizer_vocab_size:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
-                          f"vocabulary ({tokenizer_vocab_size})")
-    m.num_kv_heads = m.num_kv_heads or m.num_heads
-    m.head_dim = m.head_dim or m.d_model // m.num_heads
-    if m.d_ff == 0:
-        m.d_ff = 4 * m.d_model if m.mlp == "gelu" else -(-(8 * m.d_model // 3) // 64) * 64
-    return m
+def replace(config: Config, changes: dict[str, Any]) -> Config:
+    """A copy with some settings changed by dotted name (e.g. {"train.steps": 5}), checked
+    again. Derived model values stay as they were: to derive them anew (a new d_model, say),
+    build the config from its settings instead (load_config, config_from_tree)."""
+    tree = to_dict(config)
+    for name, value in changes.items():
+        set_path(tree, name.split("."), list(value) if isinstance(value, tuple) else value)
+    return config_from_tree(tree)
 
+
+def flat_settings(config: Config) -> dict[str, Any]:
+    """{'model.positions.kind': 'rope', ...}: every setting under its dotted name."""
+    def walk(tree: dict, prefix: str):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    return dict(walk(to_dict(config), ""))
+
+
+def describe_keys() -> str:
+    """Every key with its type, default and doc: what `foundations config --keys` prints."""
+    lines = []
+
+    def walk(cls, prefix: str):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+                continue
+            default = f.default
+            check = f" ({f.metadata['check']})" if f.metadata.get("check") else ""
+            lines.append(f"{prefix}{f.name}: {type_name(hints[f.name])} = "
+                         f"{list(default) if isinstance(default, tuple) else default!r}"
+                         f"{check}\n    {f.metadata.get('doc', '')}")
+    walk(Config, "")
+    return "\n".join(lines)
+
+
+# Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
+RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout")
+
+
+def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, new value) for every setting in which `config` differs from
+    `saved` (a run's config.yaml, loaded with load_config)."""
+    old, new = flat_settings(saved), flat_settings(config)
+    return [(key, old.get(key), value) for key, value in new.items() if old.get(key) != value]
+
+
+def incompatible_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The changes that make a run's checkpoints meaningless for the new config: the model's
+    shape and family, the tokenizer and the objective."""
+    def refused(name: str) -> bool:
+        return ((name.startswith("model.") and name not in RESUMABLE_MODEL_KEYS)
+                or name in ("data.tokenizer", "objective.kind"))
+    return [change for change in changes if refused(change[0])]

@@ -1,20 +1,28 @@
 """Config loading: YAML + overrides, and one-line errors that name the bad key."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from foundations.cli import main
 from foundations.config import ConfigError, load_config, parse_override
+
+DATA = Path(__file__).parent / "data"
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 
 
 def test_overrides_are_typed_and_applied(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {d_model: 64}\ntrain: {steps: 5}\n")
-    cfg = load_config(path, ["train.steps=80", "optimizer.lr=1e-4", "mesh.tensor=2",
-                             "data.train_files=[a.txt, b.txt]", "model.tie_embeddings=false"])
+    cfg = load_config(path, ["train.steps=80", "schedule.warmup_steps=8", "optimizer.lr=1e-4",
+                             "mesh.tensor=2", "data.train_files=[a.txt, b.txt]",
+                             "model.tie_embeddings=false"])
     assert cfg.model.d_model == 64 and cfg.train.steps == 80 and cfg.mesh.tensor == 2
     assert cfg.optimizer.lr == pytest.approx(1e-4) and isinstance(cfg.optimizer.lr, float)
-    assert cfg.data.train_files == ["a.txt", "b.txt"] and cfg.model.tie_embeddings is False
-    assert parse_override("schedule.kind=wsd") == ("schedule", "kind", "wsd")
+    assert cfg.data.train_files == ("a.txt", "b.txt") and cfg.model.tie_embeddings is False
+    assert parse_override("schedule.kind=wsd") == (("schedule", "kind"), "wsd")
+    assert parse_override("model.moe.num_experts=8") == (("model", "moe", "num_experts"), 8)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -74,3 +82,89 @@ def test_mesh_larger_than_the_machine_is_refused(tiny_config):
     from foundations.train.loop import build
     with pytest.raises(ConfigError, match="needs 16 devices, but 8 are available"):
         build(tiny_config("mesh.data=16"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.lr=-1", "optimizer.lr=-1.0 must be > 0"),
+    ("objective.mask_prob=1.5", "objective.mask_prob=1.5 must be in (0, 1)"),
+    ("model.dropout=1", "model.dropout=1.0 must be in [0, 1)"),
+    ("mesh.data=0", "mesh.data=0 must be -1 or > 0"),
+    ("train.batch_size=0", "train.batch_size=0 must be > 0"),
+    ("schedule.warmup_steps=7", "schedule.warmup_steps=7 exceeds train.steps=6"),
+    ("model.moe.experts_per_token=3", "model.moe.experts_per_token=3 exceeds"),
+    ("model.positions.kind=rotary", "model.positions.kind: 'rotary' is not one of learned, "
+                                    "sinusoidal, rope, alibi, t5_bias, none"),
+    ("model.moe.num_expert=2", "unknown key 'model.moe.num_expert' (did you mean "
+                               "'num_experts'?); keys of 'model.moe': num_experts,"),
+    ("model.d_model.x=2", "model.d_model is a value, not a section"),
+    ("train.init_step=3", "train.init_step is set but train.init_from"),
+    ("model.positions.scaling=linear", "model.positions.scaling='linear' needs "
+                                       "model.positions.kind=rope"),
+])
+def test_values_are_checked_not_only_types(tiny_config, override, message):
+    extra = ["model.moe.num_experts=2"] if "experts_per_token" in override else []
+    with pytest.raises(ConfigError) as info:
+        tiny_config(*extra, override)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_choices_come_from_the_types():
+    import typing
+    from foundations.config import PositionKind
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.positions.kind=nope"])
+    assert str(info.value).endswith(", ".join(typing.get_args(PositionKind)))
+
+
+def test_config_is_resolved_and_frozen(tiny_config):
+    import dataclasses
+    cfg = tiny_config("model.mlp=swiglu", "model.num_heads=4", "model.d_model=48")
+    m = cfg.model
+    assert (m.vocab_size, m.num_kv_heads, m.head_dim, m.d_ff) == (320, 4, 12, 128)
+    assert m.num_decoder_layers is None and tiny_config(
+        "model.family=encdec", "objective.kind=span").model.num_decoder_layers == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 3
+    # a resolved config loads back to itself
+    from foundations.config import replace
+    assert replace(cfg, {}) == cfg
+
+
+def test_a_config_of_the_previous_release_still_loads():
+    """The flat layout (train.objective, model.rope_theta, 0 = derive) of older run dirs."""
+    cfg = load_config(DATA / "old_release_config.yaml")
+    m = cfg.model
+    assert (m.positions.kind, m.positions.theta, m.moe.num_experts) == ("rope", 5000.0, 0)
+    assert (m.vocab_size, m.num_kv_heads, m.head_dim, m.d_ff) == (320, 2, 8, 128)
+    assert cfg.objective.kind == "clm" and cfg.objective.mask_prob == 0.15
+    assert cfg.data.train_files == ("shakespeare_60k.txt",)
+
+
+def test_an_old_run_directory_resumes_and_evaluates(tiny_config, corpus, tmp_path):
+    """A run directory whose config.yaml is in the old layout: eval reads it, train resumes."""
+    from foundations.train.loop import load_run, train
+    same_model = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
+                  "model.positions.theta=5000", "model.num_kv_heads=2", "model.use_bias=false",
+                  "model.tie_embeddings=false"]
+    train(tiny_config(*same_model, "train.steps=3"), tmp_path, progress=False)
+    (tmp_path / "config.yaml").write_text((DATA / "old_release_config.yaml").read_text())
+    config, _, _, state = load_run(tmp_path)
+    assert int(state["step"]) == 3 and config.model.positions.theta == 5000.0
+    summary = train(tiny_config(*same_model), tmp_path, progress=False)
+    assert summary["step"] == 6
+
+
+def test_config_command_prints_the_resolved_config_and_the_keys(capsys):
+    assert main(["config", str(EXPERIMENTS / "mixtral_tiny.yaml"), "model.moe.num_experts=8"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["moe"]["num_experts"] == 8 and printed["model"]["d_ff"] == 256
+    assert printed["model"]["vocab_size"] == 320 and printed["objective"]["kind"] == "clm"
+    assert main(["config", "--keys"]) == 0
+    keys = capsys.readouterr().out
+    assert "model.moe.num_experts: int = 0 (>= 0)\n    experts per MoE layer" in keys
+    assert "model.positions.kind: learned | sinusoidal | rope | alibi | t5_bias | none" in keys
+
+
+def test_generate_refuses_a_negative_temperature(capsys, tmp_path):
+    assert main(["generate", "--run-dir", str(tmp_path), "--temperature", "-1"]) == 2
+    assert "--temperature must be >= 0" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from foundations.config import ConfigError, MeshConfig, load_config, resolved_model
+from foundations.config import ConfigError, MeshConfig, load_config
 from foundations.data.pipeline import load_text_data
 from foundations.models.encoder import Encoder, mean_pool
 from foundations.models.families import build_model
@@ -16,14 +16,14 @@ from foundations.train.loop import build
 
 FAST = ["model.max_seq_len=16", "data.seq_len=16", "optimizer.lr=1e-2",
         "optimizer.weight_decay=0", "schedule.kind=constant", "schedule.warmup_steps=1"]
-MIXTRAL = ["model.num_experts=4", "model.experts_per_token=2", "model.mlp=swiglu",
-           "model.norm=rmsnorm", "model.positions=rope", "model.num_kv_heads=2",
-           "model.use_bias=false", "model.router_z_loss_coef=0.001"]
-BERT = ["model.family=encoder", "train.objective=mlm", "model.norm_position=post"]
-T5 = ["model.family=encdec", "train.objective=span", "model.positions=t5_bias",
+MIXTRAL = ["model.moe.num_experts=4", "model.moe.experts_per_token=2", "model.mlp=swiglu",
+           "model.norm=rmsnorm", "model.positions.kind=rope", "model.num_kv_heads=2",
+           "model.use_bias=false", "model.moe.z_loss_coef=0.001"]
+BERT = ["model.family=encoder", "objective.kind=mlm", "model.norm_position=post"]
+T5 = ["model.family=encdec", "objective.kind=span", "model.positions.kind=t5_bias",
       "model.norm=rmsnorm", "model.use_bias=false", "model.vocab_size=320"]
-ELECTRA = ["model.family=encoder", "train.objective=electra", "model.norm_position=post"]
-PREFIX = ["train.objective=prefix_lm", "model.positions=alibi", "model.local_window_size=8"]
+ELECTRA = ["model.family=encoder", "objective.kind=electra", "model.norm_position=post"]
+PREFIX = ["objective.kind=prefix_lm", "model.positions.kind=alibi", "model.local_window_size=8"]
 
 SHARDED = {  # family -> (overrides, mesh of 8 devices)
     "mixtral": (MIXTRAL, MeshConfig(data=1, fsdp=2, tensor=2, expert=2)),
@@ -126,13 +126,13 @@ def test_electra_detection_metrics_by_hand(tiny_config, data):
 
 def test_objective_must_fit_family(tiny_config):
     with pytest.raises(ConfigError, match="does not fit"):
-        tiny_config("train.objective=mlm")
+        tiny_config("objective.kind=mlm")
     with pytest.raises(ConfigError, match="not one of"):
-        tiny_config("train.objective=nsp")
+        tiny_config("objective.kind=nsp")
 
 
 def test_encoder_ignores_padding_and_mean_pools(tiny_config):
-    cfg = resolved_model(tiny_config(*BERT), 258)
+    cfg = tiny_config(*BERT).model
     model = Encoder(cfg)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 10), 0, 256)
     padding = jnp.arange(10)[None, :] < jnp.array([[7], [10]])
@@ -164,8 +164,8 @@ def test_recipes_load_and_big_shapes_match_the_references(name):
     config = load_config(EXPERIMENTS / f"{name}.yaml")
     if name not in BIG_SHAPES:
         return
-    model_cfg = resolved_model(config, 258)
-    model = build_model(model_cfg, config.train.objective)
+    model_cfg = config.model
+    model = build_model(config)
     x = jnp.zeros((1, 8), jnp.int32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             *((x, x) if model_cfg.family == "encdec" else (x,)))
@@ -174,7 +174,7 @@ def test_recipes_load_and_big_shapes_match_the_references(name):
 
 def test_t5_decoder_is_causal_reads_the_encoder_and_shares_its_bias(tiny_config):
     from foundations.models.encdec import EncoderDecoder
-    cfg = resolved_model(tiny_config(*T5), 258)
+    cfg = tiny_config(*T5).model
     model = EncoderDecoder(cfg)
     inputs = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, 256)
     targets = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, 256)

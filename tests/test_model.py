@@ -1,29 +1,30 @@
 """The decoder model: parameter counts, causality, RoPE, training to overfit, optimizer pieces."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 import pytest
 
-from foundations.config import Config, ModelConfig, OptimizerConfig, ScheduleConfig, resolved_model
+from foundations.config import ModelConfig, OptimizerConfig, ScheduleConfig, load_config
 from foundations.models.decoder import Decoder
 from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.models.positions import apply_rope
 from foundations.train.loop import build
 from foundations.train.optim import decay_mask, learning_rate_schedule
 
-LLAMA_LIKE = dict(norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False,
-                  use_bias=False, num_kv_heads=2)
+LLAMA_LIKE = {"norm": "rmsnorm", "mlp": "swiglu", "positions.kind": "rope",
+              "tie_embeddings": False, "use_bias": False, "num_kv_heads": 2}
 
 
 def model_config(**kw) -> ModelConfig:
-    base = dict(num_layers=2, d_model=32, num_heads=4, max_seq_len=16, vocab_size=64)
-    m = ModelConfig(**{**base, **kw})
-    m.num_kv_heads = m.num_kv_heads or m.num_heads
-    m.head_dim = m.head_dim or m.d_model // m.num_heads
-    m.d_ff = m.d_ff or (4 * m.d_model if m.mlp == "gelu" else 96)
-    return m
+    """A small resolved model config; keys are model settings (nested ones dotted)."""
+    settings = {"num_layers": 2, "d_model": 32, "num_heads": 4, "max_seq_len": 16,
+                "vocab_size": 64, **kw}
+    overrides = [f"model.{key}={json.dumps(value)}" for key, value in settings.items()]
+    return load_config(None, overrides + ["data.seq_len=16"]).model
 
 
 @pytest.mark.parametrize("kw", [{}, LLAMA_LIKE], ids=["gpt2", "llama"])
@@ -34,7 +35,7 @@ def test_param_counts_match_a_real_init(kw):
     counts = param_counts(cfg)
     assert counts.total == total
     embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    embedding += cfg.max_seq_len * cfg.d_model if cfg.positions == "learned" else 0
+    embedding += cfg.max_seq_len * cfg.d_model if cfg.positions.kind == "learned" else 0
     assert counts.non_embedding == total - embedding
 
 
@@ -76,7 +77,7 @@ def test_rope_scores_depend_only_on_offset():
 
 
 @pytest.mark.parametrize("extra", [[], ["model.norm=rmsnorm", "model.mlp=swiglu",
-                                        "model.positions=rope", "model.num_kv_heads=2",
+                                        "model.positions.kind=rope", "model.num_kv_heads=2",
                                         "model.tie_embeddings=false", "model.use_bias=false"]],
                          ids=["gpt2", "llama"])
 def test_tiny_model_overfits_one_batch(tiny_config, extra):
@@ -120,7 +121,7 @@ def test_schedules(kind, checks):
 
 
 def test_weight_decay_mask_skips_norms_biases_embeddings():
-    cfg = resolved_model(Config(), 258)
+    cfg = load_config().model
     params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
     params = nn.unbox(params)
     mask = decay_mask(OptimizerConfig())(params["params"])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from foundations.config import ModelConfig
+from foundations.config import ModelConfig, MoeConfig
 from foundations.models.layers import Mlp
 from foundations.models.moe import (MoeMlp, dispatch_masks, expert_capacity, load_balancing_loss,
                                     route, router_z_loss)
@@ -54,16 +54,21 @@ def test_capacity_drops_later_choices_first():
     np.testing.assert_allclose(np.asarray(combine[0]).sum(axis=(1, 2)),
                                [weights[0, 0, 0], 1.0, weights[0, 2, 0]], rtol=1e-6)
     # dropless: every choice gets a slot, the combine weights of a token sum to 1
-    cfg = ModelConfig(num_experts=4, experts_per_token=2, capacity_factor=0.0)
+    cfg = ModelConfig(moe=MoeConfig(num_experts=4, experts_per_token=2, capacity_factor=0.0))
     dispatch, combine = dispatch_masks(ids, weights, 4, expert_capacity(cfg, 3))
     assert np.asarray(dispatch).sum() == 6
     np.testing.assert_allclose(np.asarray(combine).sum(axis=(2, 3)), 1.0, rtol=1e-6)
-    assert expert_capacity(dataclasses.replace(cfg, capacity_factor=1.0), 64) == 32
+    assert expert_capacity(with_capacity(cfg, 1.0), 64) == 32
 
 
-def tiny(**kw) -> ModelConfig:
-    return ModelConfig(**{**dict(d_model=16, d_ff=32, num_heads=2, num_layers=2,
-                                 mlp="swiglu", use_bias=True), **kw})
+def tiny(**moe) -> ModelConfig:
+    return ModelConfig(d_model=16, d_ff=32, num_heads=2, num_kv_heads=2, head_dim=8,
+                       num_layers=2, mlp="swiglu", use_bias=True, moe=MoeConfig(**moe))
+
+
+def with_capacity(cfg: ModelConfig, capacity_factor: float) -> ModelConfig:
+    return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe,
+                                                            capacity_factor=capacity_factor))
 
 
 def test_one_expert_equals_the_dense_mlp():
@@ -86,8 +91,7 @@ def test_large_capacity_equals_dropless_and_small_capacity_differs():
     params = jax.jit(MoeMlp(cfg).init)(jax.random.PRNGKey(1), x)
 
     def apply(capacity_factor):
-        return jax.jit(MoeMlp(dataclasses.replace(cfg, capacity_factor=capacity_factor)).apply)(
-            params, x)
+        return jax.jit(MoeMlp(with_capacity(cfg, capacity_factor)).apply)(params, x)
 
     dropless, roomy, tight = apply(0.0), apply(2.0), apply(0.25)
     np.testing.assert_allclose(roomy, dropless, atol=1e-6)

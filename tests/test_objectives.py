@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from foundations.config import load_config, resolved_model
+from foundations.config import load_config
 from foundations.data.pipeline import BUNDLED_CORPORA
 from foundations.objectives import make_objective
 from foundations.objectives.base import PrefixLM
@@ -18,7 +18,7 @@ def objective(*overrides, seq_len=128):
     config = load_config(None, [f"data.seq_len={seq_len}", f"model.max_seq_len={seq_len}",
                                 *overrides])
     tokenizer = ByteTokenizer()
-    return make_objective(config, resolved_model(config, tokenizer.vocab_size), tokenizer)
+    return make_objective(config, tokenizer)
 
 
 def windows(rows, length, offset=0):
@@ -27,7 +27,7 @@ def windows(rows, length, offset=0):
 
 
 def test_mlm_masking_statistics():
-    mlm = objective("model.family=encoder", "train.objective=mlm")
+    mlm = objective("model.family=encoder", "objective.kind=mlm")
     ids = mlm.ids
     assert (ids["cls"], ids["sep"], ids["mask"], ids["pad"]) == (258, 259, 260, 257)
     batches = [mlm.prepare(windows(64, 129, offset=64 * 129 * i), step=i) for i in range(6)]
@@ -51,7 +51,7 @@ def test_mlm_masking_statistics():
 
 
 def test_mlm_batches_are_a_function_of_seed_and_step():
-    mlm = objective("model.family=encoder", "train.objective=mlm")
+    mlm = objective("model.family=encoder", "objective.kind=mlm")
     rows = windows(8, 129)
     a, b, c = mlm.prepare(rows, 3), mlm.prepare(rows, 3), mlm.prepare(rows, 4)
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
@@ -82,7 +82,7 @@ def test_whole_word_masking_takes_whole_words():
 
 
 def test_span_corruption_reconstructs_the_original():
-    span = objective("model.family=encdec", "train.objective=span")
+    span = objective("model.family=encdec", "objective.kind=span")
     rows = windows(16, 129)
     batch = span.prepare(rows, step=0)
     num_noise, num_spans = span_counts(128, 0.15, 3.0)
@@ -111,7 +111,7 @@ def test_span_noise_mask_statistics():
 
 
 def test_prefix_lm_mask_is_bidirectional_over_the_prefix():
-    prefix = objective("train.objective=prefix_lm").prepare(windows(4, 17), 0)["prefix"]
+    prefix = objective("objective.kind=prefix_lm").prepare(windows(4, 17), 0)["prefix"]
     assert ((1 <= prefix) & (prefix < 16)).all()
     mask = np.asarray(PrefixLM.mask(np.array([3, 1]), 5))
     i, j = np.arange(5)[:, None], np.arange(5)[None, :]
@@ -120,7 +120,7 @@ def test_prefix_lm_mask_is_bidirectional_over_the_prefix():
 
 
 def test_electra_masks_every_selected_token():
-    batch = objective("model.family=encoder", "train.objective=electra").prepare(
+    batch = objective("model.family=encoder", "objective.kind=electra").prepare(
         windows(16, 129), 0)
     assert (batch["inputs"][batch["selected"]] == 260).all()
     assert (batch["inputs"][~batch["selected"]] == batch["targets"][~batch["selected"]]).all()

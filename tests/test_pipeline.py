@@ -11,7 +11,7 @@ from foundations.parallel.gpipe import bubble_fraction
 from foundations.train.loop import build, train
 from foundations.train.metrics import read_metrics
 
-FOUR_LAYERS = ("model.num_layers=4", "model.positions=rope", "model.norm=rmsnorm")
+FOUR_LAYERS = ("model.num_layers=4", "model.positions.kind=rope", "model.norm=rmsnorm")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def reference(corpus):
 
 def _loss_and_grads(trainer, params, rows, with_hlo=False):
     params = jax.device_put(params, trainer.state_shardings["params"])
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: trainer._loss(p, b, r)[0]))
-    compiled = trainer._in_mesh(lambda: grad_fn.lower(params, rows, None).compile())()
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: trainer.loss(p, b, r)[0]))
+    compiled = trainer.in_mesh(lambda: grad_fn.lower(params, rows, None).compile())()
     loss, grads = compiled(params, rows, None)
     return (loss, grads, compiled.as_text()) if with_hlo else (loss, grads)
 

@@ -1,5 +1,6 @@
 """Position schemes and attention masks: ALiBi, T5 buckets, sinusoids, RoPE scaling, windows."""
 
+import dataclasses
 import math
 
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from foundations.config import ModelConfig
+from foundations.config import ModelConfig, PositionsConfig
 from foundations.models.attention import Attention
 from foundations.models.positions import (RelativePositionBias, alibi_bias, alibi_slopes,
                                           apply_rope, relative_position_bucket, rope_angles,
@@ -59,7 +60,7 @@ def test_t5_buckets_match_reference_and_are_monotone(bidirectional):
 
 
 def test_t5_bias_shape_is_shared_per_offset():
-    cfg = ModelConfig(num_heads=3, relative_buckets=8, relative_max_distance=16)
+    cfg = ModelConfig(num_heads=3, positions=PositionsConfig(buckets=8, max_distance=16))
     module = RelativePositionBias(cfg, bidirectional=True)
     params = module.init(jax.random.PRNGKey(0), 5, 7)
     bias = np.asarray(module.apply(params, 5, 7))
@@ -101,14 +102,14 @@ def test_rope_scaling_linear_and_ntk():
 @pytest.mark.parametrize("causal", [True, False])
 def test_sliding_window_equals_an_explicit_mask(causal):
     cfg = ModelConfig(d_model=16, num_heads=2, num_kv_heads=1, head_dim=8, num_layers=1,
-                      positions="rope", local_window_size=3)
+                      positions=PositionsConfig(kind="rope"), local_window_size=3)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 16))
     positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
     windowed = Attention(cfg, causal)
     params = windowed.init(jax.random.PRNGKey(1), x, positions)
     i, j = np.arange(9)[:, None], np.arange(9)[None, :]
     explicit = (j > i - 3) & (j <= i if causal else j < i + 3)
-    plain = Attention(ModelConfig(**{**cfg.__dict__, "local_window_size": 0}), causal=False)
+    plain = Attention(dataclasses.replace(cfg, local_window_size=0), causal=False)
     expected = plain.apply(params, x, positions, True, jnp.asarray(explicit)[None, None])
     np.testing.assert_allclose(windowed.apply(params, x, positions), expected, atol=1e-5)
     full = plain.apply(params, x, positions)    # and the window does change the result

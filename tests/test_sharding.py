@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from foundations.config import replace
 from foundations.parallel.mesh import make_mesh
 from foundations.train.loop import build
 
-LLAMA_LIKE = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions=rope",
+LLAMA_LIKE = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
               "model.num_kv_heads=2", "model.tie_embeddings=false", "model.use_bias=false"]
 
 
 def run_steps(cfg, mesh_shape, rows, steps=3):
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh_shape
+    cfg = replace(cfg, dict(zip(("mesh.data", "mesh.fsdp", "mesh.tensor"), mesh_shape)))
     n = int(np.prod(mesh_shape))
     data, trainer = build(cfg, make_mesh(cfg.mesh, jax.devices()[:n]))
     state = trainer.init_state()
@@ -79,7 +80,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_config):
     cfg = tiny_config()
     rows = batches(cfg)
     losses, params, _ = run_steps(cfg, (1, 1, 1), rows)
-    cfg.train.grad_accum = 4
-    accum_losses, accum_params, _ = run_steps(cfg, (2, 1, 1), rows)
+    accum = replace(cfg, {"train.grad_accum": 4})
+    accum_losses, accum_params, _ = run_steps(accum, (2, 1, 1), rows)
     np.testing.assert_allclose(accum_losses, losses, rtol=1e-5)
     assert_trees_close(accum_params, params, atol=2e-5)

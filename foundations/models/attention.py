@@ -42,9 +42,9 @@ class Attention(nn.Module):
         q = project(x, cfg.num_heads, "query")
         k = project(kv_input, cfg.num_kv_heads, "key")
         v = project(kv_input, cfg.num_kv_heads, "value")
-        if cfg.positions == "rope" and context is None:
-            rope_positions, theta = scaled_rope(positions, cfg.head_dim, cfg.rope_theta,
-                                                cfg.rope_scaling, cfg.rope_scaling_factor)
+        if cfg.positions.kind == "rope" and context is None:
+            rope_positions, theta = scaled_rope(positions, cfg.head_dim, cfg.positions.theta,
+                                                cfg.positions.scaling, cfg.positions.factor)
             q = apply_rope(q, rope_positions, theta)
             k = apply_rope(k, rope_positions, theta)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))

@@ -27,7 +27,7 @@ REMAT_POLICIES = {
 
 class Block(nn.Module):
     """Attention, [cross-attention,] MLP, each a residual: pre-norm x + f(norm(x)) (GPT-2, LLaMA,
-    T5) or post-norm norm(x + f(x)) (BERT). The MLP is a mixture of experts if num_experts > 0."""
+    T5) or post-norm norm(x + f(x)) (BERT). The MLP is a mixture of experts if moe.num_experts > 0."""
     cfg: ModelConfig
     deterministic: bool = True
     causal: bool = True
@@ -47,7 +47,7 @@ class Block(nn.Module):
         if self.cross:
             x = residual(x, lambda h: Attention(cfg, False, name="cross_attention")(
                 h, positions, det, context_mask, None, context), "cross_attention")
-        mlp = MoeMlp if cfg.num_experts else Mlp
+        mlp = MoeMlp if cfg.moe.num_experts else Mlp
         x = residual(x, lambda h: mlp(cfg, name="mlp")(h, det), "mlp")
         return constrain(x, ("batch", "length", "act_embed")), None
 

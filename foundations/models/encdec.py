@@ -29,7 +29,7 @@ class EncoderDecoder(nn.Module):
         def embed_stack(tokens, name):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
             x = embed(tokens)
-            if cfg.positions in ("learned", "sinusoidal"):
+            if cfg.positions.kind in ("learned", "sinusoidal"):
                 x = _Positions(cfg, name=f"{name}_positions")(x, positions)
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
             return constrain(x, ("batch", "length", "act_embed")), positions

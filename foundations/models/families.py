@@ -1,7 +1,8 @@
 """One entry point from config to model: the family (and the ELECTRA objective) picks the module.
 
-decoder: GPT-2, LLaMA, Mixtral (num_experts > 0); encoder: BERT; encdec: T5; an encoder trained
-with `train.objective=electra` becomes a generator + discriminator pair.
+decoder: GPT-2, LLaMA, Mixtral (model.moe.num_experts > 0); encoder: BERT; encdec: T5; an encoder
+trained with `objective.kind=electra` becomes a generator + discriminator pair; a decoder given a
+pipeline schedule runs its blocks as pipeline stages.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from foundations.config import ModelConfig
+from foundations.config import Config, ModelConfig
 from foundations.models.decoder import Decoder
 from foundations.models.encdec import EncoderDecoder
 from foundations.models.encoder import Encoder
@@ -47,7 +48,11 @@ class Electra(nn.Module):
         return gen_logits, disc_logits, corrupted
 
 
-def build_model(cfg: ModelConfig, objective: str = "clm", generator_scale: float = 0.25):
-    if objective == "electra":
-        return Electra(cfg, generator_scale)
+def build_model(config: Config, pipeline=None) -> nn.Module:
+    """The model of `config` (`pipeline`: a parallel.gpipe.Pipeline for a causal decoder)."""
+    cfg = config.model
+    if pipeline is not None:
+        return Decoder(cfg, pipeline=pipeline)
+    if config.objective.kind == "electra":
+        return Electra(cfg, config.objective.generator_scale)
     return {"decoder": Decoder, "encoder": Encoder, "encdec": EncoderDecoder}[cfg.family](cfg)

@@ -30,7 +30,7 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     mlp = n_up * d * f + f * d + bias * (n_up * f + d)
     blocks = layers * (attention + mlp + 2 * norm)
     embedding = cfg.vocab_size * d
-    embedding += cfg.max_seq_len * d if cfg.positions == "learned" else 0
+    embedding += cfg.max_seq_len * d if cfg.positions.kind == "learned" else 0
     embedding += 0 if cfg.tie_embeddings else d * cfg.vocab_size
     non_embedding = blocks + norm
     return ParamCounts(non_embedding + embedding, embedding, non_embedding)

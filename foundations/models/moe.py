@@ -45,9 +45,9 @@ def router_z_loss(logits: jax.Array) -> jax.Array:
 
 def expert_capacity(cfg: ModelConfig, group_size: int) -> int:
     """Slots per expert and group: the whole group when dropless, else cf * k * T / E."""
-    if cfg.capacity_factor <= 0:
+    if cfg.moe.capacity_factor <= 0:
         return group_size
-    slots = math.ceil(cfg.capacity_factor * cfg.experts_per_token * group_size / cfg.num_experts)
+    slots = math.ceil(cfg.moe.capacity_factor * cfg.moe.experts_per_token * group_size / cfg.moe.num_experts)
     return max(1, min(group_size, slots))
 
 
@@ -72,15 +72,15 @@ class MoeMlp(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         cfg = self.cfg
-        num_experts, d, f = cfg.num_experts, cfg.d_model, cfg.d_ff
+        num_experts, d, f = cfg.moe.num_experts, cfg.d_model, cfg.d_ff
         kinds = dtypes(cfg)
         router = self.param("router", normal(cfg.init_std, ("embed", None)), (d, num_experts),
                             kinds["param_dtype"])
         logits = jnp.einsum("btd,de->bte", x.astype(jnp.float32), router.astype(jnp.float32))
-        top_ids, weights = route(logits, cfg.experts_per_token)
+        top_ids, weights = route(logits, cfg.moe.experts_per_token)
         self.sow("intermediates", "router_aux_loss",
-                 cfg.router_aux_loss_coef * load_balancing_loss(logits, top_ids, num_experts))
-        self.sow("intermediates", "router_z_loss", cfg.router_z_loss_coef * router_z_loss(logits))
+                 cfg.moe.aux_loss_coef * load_balancing_loss(logits, top_ids, num_experts))
+        self.sow("intermediates", "router_z_loss", cfg.moe.z_loss_coef * router_z_loss(logits))
 
         def weight(name, shape, axes, std):
             return self.param(name, normal(std, axes), shape, kinds["param_dtype"]).astype(

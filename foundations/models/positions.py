@@ -111,20 +111,20 @@ class RelativePositionBias(nn.Module):
     def __call__(self, q_len: int, k_len: int) -> jax.Array:
         cfg = self.cfg
         table = self.param("table", normal(cfg.init_std, ("position", "heads")),
-                           (cfg.relative_buckets, cfg.num_heads), jnp.float32)
+                           (cfg.positions.buckets, cfg.num_heads), jnp.float32)
         relative = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
-        buckets = relative_position_bucket(relative, self.bidirectional, cfg.relative_buckets,
-                                           cfg.relative_max_distance)
+        buckets = relative_position_bucket(relative, self.bidirectional, cfg.positions.buckets,
+                                           cfg.positions.max_distance)
         return jnp.transpose(table[buckets], (2, 0, 1))[None]  # (1, H, Tq, Tk)
 
 
 def attention_bias(cfg: ModelConfig, length: int, bidirectional: bool, name: str = "rel_bias"):
     """The additive attention bias a stack's position scheme asks for (alibi, t5_bias), or None.
     Call inside a compact module: t5_bias creates its table there."""
-    if cfg.positions == "alibi":
+    if cfg.positions.kind == "alibi":
         positions = jnp.arange(length)
         return alibi_bias(positions, positions, cfg.num_heads)
-    if cfg.positions == "t5_bias":
+    if cfg.positions.kind == "t5_bias":
         return RelativePositionBias(cfg, bidirectional, name=name)(length, length)
     return None
 
@@ -132,8 +132,8 @@ def attention_bias(cfg: ModelConfig, length: int, bidirectional: bool, name: str
 def add_positions(cfg: ModelConfig, x: jax.Array, positions: jax.Array) -> jax.Array:
     """Adds absolute position embeddings (learned or sinusoidal) to x; other schemes act inside
     attention. Call inside a compact module: the learned table is created there."""
-    if cfg.positions == "learned":
+    if cfg.positions.kind == "learned":
         return x + LearnedPositions(cfg, name="pos_embed")(positions)
-    if cfg.positions == "sinusoidal":
+    if cfg.positions.kind == "sinusoidal":
         return x + sinusoidal_table(positions, cfg.d_model).astype(x.dtype)
     return x

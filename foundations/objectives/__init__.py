@@ -1,4 +1,4 @@
-"""Training objectives, chosen by `train.objective`: clm, prefix_lm, mlm, span, electra."""
+"""Training objectives, chosen by `objective.kind`: clm, prefix_lm, mlm, span, electra."""
 
 from __future__ import annotations
 
@@ -11,5 +11,5 @@ OBJECTIVES = {"clm": Objective, "prefix_lm": PrefixLM, "mlm": MaskedLM, "span": 
               "electra": ReplacedTokenDetection}
 
 
-def make_objective(config, model_cfg, tokenizer) -> Objective:
-    return OBJECTIVES[config.train.objective](config, model_cfg, tokenizer)
+def make_objective(config, tokenizer) -> Objective:
+    return OBJECTIVES[config.objective.kind](config, tokenizer)

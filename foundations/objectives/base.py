@@ -21,8 +21,8 @@ class Objective:
     name = "clm"
     reports_perplexity = True   # validation reports exp(loss) and bits per byte
 
-    def __init__(self, config, model_cfg, tokenizer):
-        self.config, self.model_cfg, self.tokenizer = config, model_cfg, tokenizer
+    def __init__(self, config, tokenizer):
+        self.config, self.model_cfg, self.tokenizer = config, config.model, tokenizer
         self.seq_len = config.data.seq_len
         self.seed = config.train.seed
 
@@ -39,7 +39,7 @@ class Objective:
 
     def with_aux(self, loss, aux, metrics: dict):
         """Adds the model's auxiliary losses (MoE routers) and reports both parts."""
-        if self.model_cfg.num_experts:
+        if self.model_cfg.moe.num_experts:
             metrics = {**metrics, "task_loss": loss, "router_loss": aux}
         return loss + aux, metrics
 

@@ -42,7 +42,7 @@ class ReplacedTokenDetection(MaskedLM):
         # accuracy alone flatters: answering "original" everywhere scores 1 - replaced_fraction.
         # Recall, the share of replaced tokens flagged, is 0 for such a discriminator.
         rtd_recall = weighted_mean(flagged, replaced & batch["padding"])
-        loss = mlm_loss + self.config.train.electra_disc_weight * disc_loss
+        loss = mlm_loss + self.config.objective.disc_weight * disc_loss
         metrics = {"mlm_loss": mlm_loss, "disc_loss": disc_loss, "mlm_accuracy": mlm_accuracy,
                    "rtd_accuracy": rtd_accuracy, "rtd_recall": rtd_recall,
                    "replaced_fraction": weighted_mean(replaced, batch["padding"])}

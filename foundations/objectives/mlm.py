@@ -87,8 +87,9 @@ class MaskedLM(Objective):
     reports_perplexity = False
     replace = (0.8, 0.1)
 
-    def __init__(self, config, model_cfg, tokenizer):
-        super().__init__(config, model_cfg, tokenizer)
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        model_cfg = config.model
         self.ids = special_ids(tokenizer, model_cfg.vocab_size)
         self.special = never_masked(tokenizer, self.ids, model_cfg.vocab_size)
         self.random_ids = np.flatnonzero(~self.special[:tokenizer.vocab_size])
@@ -107,9 +108,9 @@ class MaskedLM(Objective):
     def prepare(self, rows, step, stream=TRAIN):
         rng = self.rng(step, stream)
         tokens, segments = self.layout(rows, rng)
-        starts = word_starts(tokens, self.tokenizer) if self.config.train.whole_word_mask else None
+        starts = word_starts(tokens, self.tokenizer) if self.config.objective.whole_word_mask else None
         inputs, selected = mask_tokens(tokens, rng, self.special, self.ids["mask"],
-                                       self.random_ids, self.config.train.mask_prob,
+                                       self.random_ids, self.config.objective.mask_prob,
                                        self.replace, starts)
         return {"inputs": inputs, "targets": tokens, "weights": selected.astype(np.float32),
                 "segments": segments, "padding": tokens != self.ids["pad"]}

@@ -76,9 +76,9 @@ class SpanCorruption(Objective):
     decoder input is the targets shifted right behind a pad id, T5's decoder start)."""
     name = "span"
 
-    def __init__(self, config, model_cfg, tokenizer):
-        super().__init__(config, model_cfg, tokenizer)
-        t = config.train
+    def __init__(self, config, tokenizer):
+        super().__init__(config, tokenizer)
+        model_cfg, t = config.model, config.objective
         self.num_noise, self.num_spans = span_counts(self.seq_len, t.noise_density,
                                                      t.mean_span_length)
         self.sentinels = model_cfg.vocab_size - 1 - np.arange(self.num_spans)
@@ -91,7 +91,7 @@ class SpanCorruption(Objective):
 
     def prepare(self, rows, step, stream=TRAIN):
         rng = self.rng(step, stream)
-        t = self.config.train
+        t = self.config.objective
         pairs = [corrupt_spans(row[:self.seq_len], random_spans_noise_mask(
             self.seq_len, t.noise_density, t.mean_span_length, rng), self.sentinels)
             for row in rows]

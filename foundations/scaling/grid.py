@@ -8,30 +8,31 @@ of Hoffmann et al. (2022), Approach 2. Learning rate follows width: lr = lr_base
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from foundations.config import (Config, ConfigError, apply_dict, resolved_model, set_field,
-                                validate)
+from foundations.config import (Config, ConfigError, build_section, config_from_tree, knob,
+                                parse_override, set_path)
 from foundations.models.flops import param_counts, train_flops_per_token
 
 
-@dataclass
+@dataclass(frozen=True)
 class GridConfig:
-    depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
-    aspect_ratio: int = 16         # d_model / num_layers
-    head_dim: int = 16
-    budgets: list[float] = field(default_factory=lambda: [1e12, 3e12])   # FLOPs, 6·N·D
-    min_steps: int = 20            # sizes that would get fewer steps at a budget are left out
-    max_steps: int = 3000          # ... and so are sizes that would get more
-    lr_base: float = 3e-3          # learning rate at width lr_width
-    lr_width: int = 64
-    warmup_fraction: float = 0.1   # of each run's steps
-    probe_examples: int = 200      # next-word probe on validation text; 0: no probe
+    """The `grid:` section of a sweep file."""
+    depths: tuple[int, ...] = knob((1, 2, 3, 4, 5, 6, 7, 8), "model sizes, by depth")
+    aspect_ratio: int = knob(16, "d_model / num_layers", "> 0")
+    head_dim: int = knob(16, "head size of every size", "> 0")
+    budgets: tuple[float, ...] = knob((1e12, 3e12), "FLOP budgets C (6·N·D)")
+    min_steps: int = knob(20, "sizes that would get fewer steps at a budget are left out", "> 0")
+    max_steps: int = knob(3000, "... and so are sizes that would get more", "> 0")
+    lr_base: float = knob(3e-3, "learning rate at width lr_width", "> 0")
+    lr_width: int = knob(64, "the width lr_base is for", "> 0")
+    warmup_fraction: float = knob(0.1, "warmup, as a share of each run's steps", "[0, 1]")
+    probe_examples: int = knob(200, "next-word probe on validation text; 0: no probe", ">= 0")
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,10 @@ class RunSpec:
     flops: float                   # exact: 6·(matmul weights incl. head)·D + attention
 
 
-def load_grid(path: str | Path, overrides: list[str] = ()) -> tuple[Config, GridConfig]:
-    """A sweep file has `base:` (an ordinary config) and `grid:` sections; overrides are
-    `section.key=value` for the base config or `grid.key=value`."""
+def load_grid(path: str | Path, overrides: list[str] = ()) -> tuple[dict, GridConfig]:
+    """A sweep file has `base:` (the settings of an ordinary config) and `grid:` sections;
+    overrides are `section.key=value` for the base config or `grid.key=value`. Returns the base
+    settings (checked) and the grid."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
@@ -57,61 +59,53 @@ def load_grid(path: str | Path, overrides: list[str] = ()) -> tuple[Config, Grid
     unknown = set(tree) - {"base", "grid"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected base, grid")
-    base = apply_dict(Config(), tree.get("base") or {}, source=f"{path}: base")
-    grid = GridConfig()
-    for key, value in (tree.get("grid") or {}).items():
-        set_field(grid, "grid", key, value)
-    from foundations.config import parse_override
+    base, grid = tree.get("base") or {}, tree.get("grid") or {}
     for text in overrides:
-        section, key, value = parse_override(text)
-        if section == "grid":
-            set_field(grid, "grid", key, value)
-        else:
-            apply_dict(base, {section: {key: value}}, source="override")
-    validate(base)
-    return base, grid
+        dotted, value = parse_override(text)
+        set_path(grid if dotted[0] == "grid" else base, dotted[1:] if dotted[0] == "grid"
+                 else dotted, value)
+    config_from_tree(base)  # a bad base setting is reported before any planning
+    return base, build_section(GridConfig, grid, "grid")
 
 
-def size_config(base: Config, grid: GridConfig, depth: int) -> Config:
+def size_settings(base: dict, grid: GridConfig, depth: int) -> dict:
+    """The base settings with the model of this depth (width, heads, derived sizes, lr)."""
     d_model = grid.aspect_ratio * depth
     if d_model % grid.head_dim:
         raise ConfigError(f"grid: d_model {d_model} (depth {depth}) is not a multiple of "
                           f"grid.head_dim={grid.head_dim}")
-    model = dataclasses.replace(base.model, num_layers=depth, d_model=d_model,
-                                num_heads=d_model // grid.head_dim, num_kv_heads=0, head_dim=0,
-                                d_ff=0)
-    optimizer = dataclasses.replace(base.optimizer,
-                                    lr=grid.lr_base * grid.lr_width / d_model)
-    return dataclasses.replace(base, model=model, optimizer=optimizer)
+    tree = copy.deepcopy(base)
+    for dotted, value in {"model.num_layers": depth, "model.d_model": d_model,
+                          "model.num_heads": d_model // grid.head_dim, "model.num_kv_heads": None,
+                          "model.head_dim": None, "model.d_ff": None,
+                          "optimizer.lr": grid.lr_base * grid.lr_width / d_model}.items():
+        set_path(tree, dotted.split("."), value)
+    return tree
 
 
-def plan_runs(base: Config, grid: GridConfig) -> list[RunSpec]:
+def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
     """Every (size, budget) pair whose step count lies in [min_steps, max_steps]."""
-    # imported here: data.pipeline pulls in grain and JAX, which the CLI must not start before
-    # `foundations compile` has set XLA_FLAGS
-    from foundations.data.pipeline import configured_tokenizer
-    vocab = configured_tokenizer(base.data.tokenizer).vocab_size
-    tokens_per_step = base.train.batch_size * base.data.seq_len
     runs = []
     for budget in grid.budgets:
         for depth in grid.depths:
-            config = size_config(base, grid, depth)
-            model = resolved_model(config, vocab)
-            counts = param_counts(model)
+            tree = size_settings(base, grid, depth)
+            set_path(tree, ["schedule", "warmup_steps"], 0)
+            sized = config_from_tree(tree)
+            counts = param_counts(sized.model)
+            tokens_per_step = sized.train.batch_size * sized.data.seq_len
             steps = round(budget / (6 * counts.non_embedding) / tokens_per_step)
             if not grid.min_steps <= steps <= grid.max_steps:
                 continue
-            schedule = dataclasses.replace(config.schedule,
-                                           warmup_steps=max(1, int(grid.warmup_fraction * steps)))
-            train = dataclasses.replace(config.train, steps=steps)
-            config = dataclasses.replace(config, schedule=schedule, train=train)
+            set_path(tree, ["train", "steps"], steps)
+            set_path(tree, ["schedule", "warmup_steps"], max(1, int(grid.warmup_fraction * steps)))
+            config = config_from_tree(tree)
             tokens = steps * tokens_per_step
             runs.append(RunSpec(
-                run_id=f"L{depth}_d{model.d_model}_C{budget:.0e}".replace("+", ""),
-                size=f"L{depth}_d{model.d_model}", budget=budget, config=config,
+                run_id=f"L{depth}_d{config.model.d_model}_C{budget:.0e}".replace("+", ""),
+                size=f"L{depth}_d{config.model.d_model}", budget=budget, config=config,
                 n_params=counts.non_embedding, n_params_total=counts.total, tokens=tokens,
                 flops_6nd=6.0 * counts.non_embedding * tokens,
-                flops=train_flops_per_token(model, base.data.seq_len) * tokens))
+                flops=train_flops_per_token(config.model, config.data.seq_len) * tokens))
     if not runs:
         raise ConfigError("grid: no (size, budget) pair gives between grid.min_steps and "
                           "grid.max_steps steps; widen the budgets or the step range")

@@ -70,7 +70,7 @@ def run_sweep(sweep_file, out_dir, overrides=(), shard: tuple[int, int] = (0, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plan.txt").write_text(describe(runs) + "\n")
     log(describe(runs))
-    data = load_text_data(base.data)
+    data = load_text_data(runs[0].config.data)  # every run reads the same text
     val_text = data.tokenizer.decode(data.val_tokens)
 
     def probe(trainer, state, data):

@@ -7,7 +7,6 @@ directory continues from the latest checkpoint with the same data order and rand
 
 from __future__ import annotations
 
-import dataclasses
 import filecmp
 import json
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
-                                load_config, resolved_model, save_config)
+                                load_config, replace, save_config)
 from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
                                        train_iterator)
 from foundations.train.evaluate import describe, evaluate
@@ -28,6 +27,7 @@ from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
 from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
 from foundations.train.trainer import Trainer
+from foundations.train.warm_start import params_from_run
 
 
 RUN_TOKENIZER = "tokenizer"  # a run directory's copy of a trained tokenizer
@@ -45,9 +45,9 @@ def build(config: Config, mesh=None, data: TextData | None = None):
 
 
 def make_trainer(config: Config, tokenizer, mesh=None) -> Trainer:
-    """The Trainer for `config` with the model sized to `tokenizer` (mesh from config.mesh)."""
+    """The Trainer for `config` and `tokenizer` (mesh from config.mesh unless given)."""
     mesh = mesh if mesh is not None else make_mesh(config.mesh)
-    return Trainer(config, resolved_model(config, tokenizer.vocab_size), mesh, tokenizer)
+    return Trainer(config, mesh, tokenizer)
 
 
 def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
@@ -73,6 +73,9 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
             + "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in changes))
     else:
         state = trainer.init_state()
+        if tc.init_from:
+            state = {**state, "params": params_from_run(tc.init_from, tc.init_step, trainer)}
+            log(f"initialised from {tc.init_from} (step {tc.init_step or 'latest'})")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's record as it was
         save_config(config, run_dir / "config.yaml")
         keep_tokenizer(config, run_dir)
@@ -200,12 +203,12 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
     kept = run_dir / RUN_TOKENIZER
     if config.data.tokenizer != "byte" and not Path(config.data.tokenizer).is_dir() \
             and kept.is_dir():  # a relative path from elsewhere: the run's own copy
-        config.data.tokenizer = str(kept)
+        config = replace(config, {"data.tokenizer": str(kept)})
     tokenizer = configured_tokenizer(config.data.tokenizer)
     devices = jax.devices()[:1] if single_device else None
     if single_device:
-        config = dataclasses.replace(config, mesh=dataclasses.replace(
-            config.mesh, data=1, fsdp=1, tensor=1, stage=1, expert=1))
+        config = replace(config, {f"mesh.{axis}": 1 for axis in
+                                  ("data", "fsdp", "tensor", "stage", "expert", "microbatches")})
     trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, devices))
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     step = manager.latest_step()

@@ -70,8 +70,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss_curve(run_dir: str | Path) -> Path:
-    """Draws training and validation loss against tokens seen into run_dir/loss_curve.png."""
+def plot_loss_curve(run_dir: str | Path) -> Path | None:
+    """Draws training and validation loss against tokens seen into run_dir/loss_curve.png
+    (nothing for a run that logged no step, e.g. train.steps=0)."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

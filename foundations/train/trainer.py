@@ -16,9 +16,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from foundations.config import Config, ConfigError, ModelConfig
+from foundations.config import Config, ConfigError
 from foundations.data.pipeline import configured_tokenizer
-from foundations.models.decoder import Decoder
 from foundations.models.families import build_model
 from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
 from foundations.objectives import make_objective
@@ -32,19 +31,21 @@ from foundations.train.optim import make_optimizer
 class Trainer:
     """Model, optimizer and shardings for one config on one mesh, with jitted steps."""
 
-    def __init__(self, config: Config, model_cfg: ModelConfig, mesh: Mesh, tokenizer=None):
-        self.config, self.model_cfg, self.mesh = config, model_cfg, mesh
+    def __init__(self, config: Config, mesh: Mesh, tokenizer=None):
+        self.config, self.model_cfg, self.mesh = config, config.model, mesh
+        model_cfg = config.model
         self.seq_len = config.data.seq_len
         self.grad_accum = config.train.grad_accum
         self._check_batch(config.train.batch_size)
         tokenizer = tokenizer or configured_tokenizer(config.data.tokenizer)
-        self.objective = make_objective(config, model_cfg, tokenizer)
+        if model_cfg.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the "
+                              f"tokenizer's vocabulary ({tokenizer.vocab_size})")
+        self.objective = make_objective(config, tokenizer)
         # plain_model: init and generation (any row count, no microbatches); model: training
-        self.plain_model = build_model(model_cfg, config.train.objective,
-                                       config.train.electra_generator_scale)
+        self.plain_model = build_model(config)
         self.pipeline = self._make_pipeline()
-        self.model = (self.plain_model if self.pipeline is None
-                      else Decoder(model_cfg, pipeline=self.pipeline))
+        self.model = build_model(config, self.pipeline)
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
                                                 config.train.steps)
         self.counts = param_counts(model_cfg)
@@ -54,8 +55,8 @@ class Trainer:
         param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
-        if (model_cfg.family != "decoder" or model_cfg.num_experts
-                or model_cfg.positions == "t5_bias"):  # counted from the model itself
+        if (model_cfg.family != "decoder" or model_cfg.moe.num_experts
+                or model_cfg.positions.kind == "t5_bias"):  # counted from the model itself
             total = sum(x.size for x in jax.tree.leaves(abstract_params))
             embedding = model_cfg.vocab_size * model_cfg.d_model
             self.counts = ParamCounts(total, embedding, total - embedding)
@@ -97,9 +98,9 @@ class Trainer:
         if stages == 1:
             return None
         m = self.model_cfg
-        if (m.family != "decoder" or self.config.train.objective != "clm" or m.num_experts
-                or m.positions in ("alibi", "t5_bias") or m.local_window_size):
-            raise ConfigError("mesh.stage > 1 runs causal decoders (train.objective=clm) without "
+        if (m.family != "decoder" or self.config.objective.kind != "clm" or m.moe.num_experts
+                or m.positions.kind in ("alibi", "t5_bias") or m.local_window_size):
+            raise ConfigError("mesh.stage > 1 runs causal decoders (objective.kind=clm) without "
                               "experts, attention biases or sliding windows; set mesh.stage=1")
         micro = self.config.mesh.microbatches
         rows = self.config.train.batch_size // self.grad_accum
@@ -134,15 +135,16 @@ class Trainer:
         aux = sum(jnp.sum(x) for x in jax.tree.leaves(sown.get("intermediates", {})))
         return out, aux
 
-    def _loss(self, params, batch, rng):
-        """(loss, metrics) of the configured objective (causal LM: next-token cross-entropy)."""
+    def loss(self, params, batch, rng):
+        """(loss, metrics) of the configured objective (causal LM: next-token cross-entropy) on
+        one microbatch; call inside `in_mesh` (rng None: evaluation)."""
         return self.objective.loss(self._apply, params, batch, rng)
 
     def _step(self, state, batch):
         """One optimizer step on a batch of shape (grad_accum, micro_batch, ...) (a dict of
         such arrays for objectives other than causal LM)."""
         rng = jax.random.fold_in(state["rng"], state["step"])
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         if self.grad_accum == 1:
             (loss, aux), grads = grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch),
                                          rng)
@@ -153,7 +155,7 @@ class Trainer:
                                              jax.random.fold_in(rng, index))
                 return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
             first = jax.tree.map(lambda x: x[0], batch)
-            aux_shapes = jax.eval_shape(self._loss, state["params"], first, rng)[1]
+            aux_shapes = jax.eval_shape(self.loss, state["params"], first, rng)[1]
             zeros = (jnp.zeros((), jnp.float32),
                      jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), aux_shapes),
                      jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]))
@@ -171,7 +173,7 @@ class Trainer:
         return new_state, metrics
 
     def _eval(self, params, batch):
-        loss, metrics = self._loss(params, batch, None)
+        loss, metrics = self.loss(params, batch, None)
         return {"loss": loss, **metrics}
 
     def _last_logits(self, params, tokens, index):
@@ -179,7 +181,8 @@ class Trainer:
         logits = self.plain_model.apply({"params": params}, tokens)
         return jnp.take_along_axis(logits, index[:, None, None], axis=1)[:, 0]
 
-    def _in_mesh(self, fn):
+    def in_mesh(self, fn):
+        """`fn` run with this trainer's mesh and logical axis rules in effect."""
         def call(*args):
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(RULES):
                 return fn(*args)
@@ -200,8 +203,23 @@ class Trainer:
                                                           global_shape)
         return jax.tree.map(put, self.objective.prepare(local_rows, step))
 
+    def abstract_batch(self):
+        """Shapes and shardings of one training batch (what `put_batch` makes), for compiling
+        ahead of time without data."""
+        rows = np.zeros((self.config.train.batch_size, self.seq_len + 1), np.int32)
+
+        def spec(x):
+            return jax.ShapeDtypeStruct((self.grad_accum, x.shape[0] // self.grad_accum,
+                                         *x.shape[1:]), x.dtype, sharding=self.batch_sharding)
+        return jax.tree.map(spec, self.objective.prepare(rows, 0))
+
+    def lower_train_step(self):
+        """The train step lowered for this mesh (`.compile()` it for memory and cost reports)."""
+        return self.in_mesh(lambda: self._train_step.lower(self.abstract_state,
+                                                           self.abstract_batch()))()
+
     def train_step(self, state, batch):
-        return self._in_mesh(self._train_step)(state, batch)
+        return self.in_mesh(self._train_step)(state, batch)
 
     def eval_loss(self, params, local_rows: np.ndarray) -> float:
         """Mean loss over one batch; rows must divide over the batch axes."""
@@ -215,7 +233,7 @@ class Trainer:
             return jax.make_array_from_process_local_data(batch_sharding(self.mesh), x,
                                                           global_shape)
         batch = jax.tree.map(put, self.objective.prepare(local_rows, index, EVAL))
-        return {k: float(v) for k, v in self._in_mesh(self._eval_step)(params, batch).items()}
+        return {k: float(v) for k, v in self.in_mesh(self._eval_step)(params, batch).items()}
 
     def next_token_logits(self, params, tokens: np.ndarray, index) -> np.ndarray:
         """Logits after position `index` (one int, or one per row) for each row of `tokens`
@@ -226,7 +244,7 @@ class Trainer:
         padded_rows = -(-rows // ways) * ways
         padded = np.resize(tokens, (padded_rows, tokens.shape[1]))
         index = np.resize(np.broadcast_to(np.asarray(index, np.int32), (rows,)), (padded_rows,))
-        logits = self._in_mesh(self._logits)(params, jnp.asarray(padded), jnp.asarray(index))
+        logits = self.in_mesh(self._logits)(params, jnp.asarray(padded), jnp.asarray(index))
         return np.asarray(logits)[:rows]
 
 

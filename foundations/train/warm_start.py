@@ -1,0 +1,70 @@
+"""`train.init_from`: start a new run from the parameters of another run's checkpoint.
+
+Only the parameters are read (orbax partial restore): the new run keeps its fresh optimizer
+state, step 0 and its own schedule. They are restored straight onto the new run's shardings, so
+the other run's mesh does not matter. Every parameter must exist in both runs with the same
+shape: settings that keep the shapes (a longer `max_seq_len` with RoPE, rope scaling, dropout,
+an objective with the same heads) are fine; anything else is refused naming the first parameter
+that differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from foundations.config import ConfigError
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{'blocks/attention/query/kernel': shape, ...} of a tree of arrays or array metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+            for path, leaf in flat}
+
+
+def check_same_shapes(stored: dict[str, tuple], wanted: dict[str, tuple], source: str) -> None:
+    """A ConfigError naming the first parameter that is missing, extra or of another shape."""
+    for name, shape in wanted.items():
+        if name not in stored:
+            raise ConfigError(f"train.init_from: {source} has no parameter {name} {shape} "
+                              "(a model of another architecture)")
+        if stored[name] != shape:
+            raise ConfigError(f"train.init_from: parameter {name} is {stored[name]} in {source} "
+                              f"but {shape} in this run")
+    extra = sorted(set(stored) - set(wanted))
+    if extra:
+        raise ConfigError(f"train.init_from: {source} has parameter {extra[0]} {stored[extra[0]]}"
+                          " that this run's model lacks (a model of another architecture)")
+
+
+def params_from_run(run_dir: str | Path, step: int | None, trainer):
+    """The parameters of `run_dir`'s checkpoint `step` (None: its latest), laid out on
+    `trainer`'s parameter shardings."""
+    run_dir = Path(run_dir)
+    directory = run_dir.absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise ConfigError(f"train.init_from: {run_dir} is not a run directory with checkpoints")
+    options = ocp.CheckpointManagerOptions(create=False)
+    handlers = {"state": ocp.PyTreeCheckpointHandler(),  # read as a tree: parts of it suffice
+                "data": grain.checkpoint.CheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        steps = manager.all_steps()
+        if not steps:
+            raise ConfigError(f"train.init_from: {directory} holds no checkpoint")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise ConfigError(f"train.init_from: {run_dir} has no checkpoint of step {step} "
+                              f"(it has {', '.join(map(str, sorted(steps)))})")
+        source = f"{directory / str(step)}"
+        stored = manager.item_metadata(step)["state"]["params"]
+        wanted = trainer.abstract_state["params"]
+        check_same_shapes(_shapes(stored), _shapes(wanted), source)
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": wanted}, restore_args={"params": restore_args},
+            partial_restore=True)))
+    return restored["state"]["params"]
