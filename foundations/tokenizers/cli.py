@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from foundations.tokenizers import load_tokenizer
 from foundations.tokenizers.corpus import read_text_file

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 from foundations.config import CheckpointConfig, CheckpointError
@@ -32,12 +31,6 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     manager.save(step, args=ocp.args.Composite(**items))
-
-
-def abstract_like(state, shardings):
-    """ShapeDtypeStructs of `state` carrying `shardings`: the target layout of a restore."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        state, shardings)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):

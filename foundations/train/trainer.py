@@ -221,10 +221,6 @@ class Trainer:
     def train_step(self, state, batch):
         return self.in_mesh(self._train_step)(state, batch)
 
-    def eval_loss(self, params, local_rows: np.ndarray) -> float:
-        """Mean loss over one batch; rows must divide over the batch axes."""
-        return self.eval_metrics(params, local_rows)["loss"]
-
     def eval_metrics(self, params, local_rows: np.ndarray, index: int = 0) -> dict:
         """Loss and the objective's metrics on one batch (the `index`-th validation batch picks
         the objective's fixed evaluation randomness)."""
