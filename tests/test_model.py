@@ -1,17 +1,17 @@
-"""The decoder model: parameter counts, causality, RoPE, training to overfit, optimizer pieces."""
+"""The decoder model: parameter counts, causality, RoPE, training to overfit, schedules
+(the optimizer itself: test_optim.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
-from foundations.config import Config, ModelConfig, OptimizerConfig, ScheduleConfig, resolved_model
+from foundations.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from foundations.models.decoder import Decoder
 from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.models.positions import apply_rope
 from foundations.train.loop import build
-from foundations.train.optim import decay_mask, learning_rate_schedule
+from foundations.train.optim import learning_rate_schedule
 
 LLAMA_LIKE = dict(norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False,
                   use_bias=False, num_kv_heads=2)
@@ -118,16 +118,3 @@ def test_schedules(kind, checks):
     for step, lr in checks.items():
         assert float(schedule(step)) == pytest.approx(lr, abs=1e-3), (kind, step)
 
-
-def test_weight_decay_mask_skips_norms_biases_embeddings():
-    cfg = resolved_model(Config(), 258)
-    params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
-    params = nn.unbox(params)
-    mask = decay_mask(OptimizerConfig())(params["params"])
-    flat = {jax.tree_util.keystr(p, simple=True, separator="/"): m
-            for p, m in jax.tree_util.tree_leaves_with_path(mask)}
-    assert flat["blocks/mlp/up/kernel"] and flat["blocks/attention/query/kernel"]
-    assert not flat["blocks/mlp/up/bias"] and not flat["blocks/attention_norm/LayerNorm_0/scale"]
-    assert not flat["token_embed/embedding"] and not flat["pos_embed/table/embedding"]
-    with_embeddings = decay_mask(OptimizerConfig(decay_embeddings=True))(params["params"])
-    assert with_embeddings["token_embed"]["embedding"]
