@@ -1,5 +1,7 @@
-"""The optimizer: which parameters decay (from their logical axes, every family), and that the
-mask reaches AdamW."""
+"""The optimizer: which parameters decay (from their logical axes, every family), that the mask
+reaches AdamW, that gradients are clipped, and that bf16 compute really computes in bf16."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +186,58 @@ def test_trainer_optimizer_decays_exactly_the_masked_parameters(trainers, family
     for path, decays in EXPECTED[family].items():
         expected = 2.0 * (1 - lr * opt.weight_decay) if decays else 2.0
         np.testing.assert_allclose(new[path], expected, rtol=1e-6, err_msg=path)
+
+
+def test_gradients_are_clipped_to_clip_norm(trainers):
+    """One real train step: `grad_norm` is the norm before clipping, and the step (Adam's first
+    moment, the new params) is the one from the gradients scaled down to clip_norm."""
+    clip = 0.01
+    trainer = trainers("gpt2", f"optimizer.clip_norm={clip}")
+    opt = trainer.config.optimizer
+    batch = trainer.put_batch(np.random.default_rng(0).integers(0, 256, (8, 33), np.int32))
+    state = trainer.init_state()
+    params = jax.device_get(state["params"])
+    grads, _ = trainer._in_mesh(jax.jit(jax.grad(trainer._loss, has_aux=True)))(
+        state["params"], jax.tree.map(lambda x: x[0], batch),
+        jax.random.fold_in(state["rng"], 0))
+    norm = float(optax.tree.norm(grads))
+    assert norm > 10 * clip, "the test needs gradients well above clip_norm"
+
+    state, metrics = trainer.train_step(state, batch)
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5)
+    clipped = jax.tree.map(lambda g: g * (clip / norm), grads)
+    # Adam's first step barely depends on the gradients' scale; its first moment shows it
+    mu = optax.tree.get(state["opt_state"], "mu")
+    jax.tree.map(lambda m, g: np.testing.assert_allclose(m, (1 - opt.b1) * g, atol=1e-9,
+                                                         rtol=1e-4), mu, clipped)
+    reference = optax.adamw(float(trainer.schedule(0)), b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                            weight_decay=opt.weight_decay,
+                            mask=decay_mask(opt, trainer.logical_specs))
+    updates, _ = reference.update(clipped, reference.init(params), params)
+    jax.tree.map(lambda new, want: np.testing.assert_allclose(new, want, atol=1e-6),
+                 jax.device_get(state["params"]), optax.apply_updates(params, updates))
+
+
+def lowered_matmuls(trainer) -> list[str]:
+    """The dot_general / convolution lines of the lowered (StableHLO) train step; checks on the
+    way that the step takes and returns float32 parameters."""
+    batch = trainer.put_batch(np.zeros((8, 33), np.int32))
+    lowered = trainer._in_mesh(trainer._train_step.lower)(trainer.abstract_state, batch)
+    for params in trainer.abstract_state["params"], lowered.out_info[0]["params"]:
+        assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    return [line.strip() for line in lowered.as_text().splitlines()
+            if re.search(r"stablehlo\.(dot_general|convolution)", line)]
+
+
+def test_bf16_compute_lowers_to_bf16_matmuls_with_fp32_params(trainers):
+    bf16 = lowered_matmuls(trainers("gpt2", "model.dtype=bfloat16"))
+    fp32 = lowered_matmuls(trainers("gpt2"))
+    assert len(bf16) == len(fp32) > 10  # forward and backward
+    not_bf16 = [line for line in bf16 if "bf16" not in line]
+    assert not not_bf16, f"matmuls outside bf16 with model.dtype=bfloat16: {not_bf16[:3]}"
+    assert not [line for line in fp32 if "bf16" in line]
+
+
+def test_a_parameter_without_logical_axes_is_refused():
+    with pytest.raises(ValueError, match="mlp/kernel has no logical axis names"):
+        decay_mask(OptimizerConfig(), {"mlp": {"kernel": jax.sharding.PartitionSpec()}})
