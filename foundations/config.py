@@ -154,14 +154,15 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with global-norm clipping; decay skips norms, biases and embeddings by default."""
+    """AdamW with global-norm clipping; only matrices decay by default (train/optim.py)."""
     lr: float = knob(1e-3, "peak learning rate", "> 0")
     b1: float = knob(0.9, "Adam first-moment decay", "[0, 1)")
     b2: float = knob(0.95, "Adam second-moment decay", "[0, 1)")
     eps: float = knob(1e-8, "Adam epsilon", "> 0")
     weight_decay: float = knob(0.1, "decoupled weight decay on the decayed parameters", ">= 0")
-    decay_embeddings: bool = knob(False, "also decay embedding and position tables")
-    decay_norms_and_biases: bool = knob(False, "also decay norm scales and biases")
+    decay_embeddings: bool = knob(False, "also decay tables: token, position and segment "
+                                  "embeddings, position-bias tables")
+    decay_norms_and_biases: bool = knob(False, "also decay vectors: norm scales and biases")
     clip_norm: float = knob(1.0, "clip gradients to this global norm; 0: no clipping", ">= 0")
 
 

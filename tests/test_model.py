@@ -1,11 +1,11 @@
-"""The decoder model: parameter counts, causality, RoPE, training to overfit, optimizer pieces."""
+"""The decoder model: parameter counts, causality, RoPE, training to overfit, schedules
+(the optimizer itself: test_optim.py)."""
 
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
 from foundations.config import ModelConfig, OptimizerConfig, ScheduleConfig, load_config
@@ -13,7 +13,7 @@ from foundations.models.decoder import Decoder
 from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.models.positions import apply_rope
 from foundations.train.loop import build
-from foundations.train.optim import decay_mask, learning_rate_schedule
+from foundations.train.optim import learning_rate_schedule
 
 LLAMA_LIKE = {"norm": "rmsnorm", "mlp": "swiglu", "positions.kind": "rope",
               "tie_embeddings": False, "use_bias": False, "num_kv_heads": 2}
@@ -96,16 +96,6 @@ def test_tiny_model_overfits_one_batch(tiny_config, extra):
     assert losses[-1] < 0.1, f"loss after {len(losses)} steps: {losses[-1]}"
 
 
-def test_bf16_compute_keeps_fp32_params(tiny_config):
-    data, trainer = build(tiny_config("model.dtype=bfloat16"))
-    state = trainer.init_state()
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
-    batch = trainer.put_batch(data.train_tokens[:8 * 33].reshape(8, 33))
-    state, metrics = trainer.train_step(state, batch)
-    assert abs(float(metrics["loss"]) - np.log(trainer.model_cfg.vocab_size)) < 0.3
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
-
-
 @pytest.mark.parametrize("kind, checks", [
     ("cosine", {0: 0.0, 10: 1.0, 60: 0.55, 110: 0.1}),
     ("linear", {5: 0.5, 10: 1.0, 60: 0.55, 110: 0.1}),
@@ -118,17 +108,3 @@ def test_schedules(kind, checks):
     schedule = learning_rate_schedule(opt, sched, total_steps=110)
     for step, lr in checks.items():
         assert float(schedule(step)) == pytest.approx(lr, abs=1e-3), (kind, step)
-
-
-def test_weight_decay_mask_skips_norms_biases_embeddings():
-    cfg = load_config().model
-    params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
-    params = nn.unbox(params)
-    mask = decay_mask(OptimizerConfig())(params["params"])
-    flat = {jax.tree_util.keystr(p, simple=True, separator="/"): m
-            for p, m in jax.tree_util.tree_leaves_with_path(mask)}
-    assert flat["blocks/mlp/up/kernel"] and flat["blocks/attention/query/kernel"]
-    assert not flat["blocks/mlp/up/bias"] and not flat["blocks/attention_norm/LayerNorm_0/scale"]
-    assert not flat["token_embed/embedding"] and not flat["pos_embed/table/embedding"]
-    with_embeddings = decay_mask(OptimizerConfig(decay_embeddings=True))(params["params"])
-    assert with_embeddings["token_embed"]["embedding"]

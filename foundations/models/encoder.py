@@ -41,7 +41,7 @@ class Encoder(nn.Module):
         x = add_positions(cfg, embed(tokens), positions)
         if cfg.type_vocab_size:
             segments = jnp.zeros_like(tokens) if segments is None else segments
-            x = x + Embedding(cfg, cfg.type_vocab_size, (None, "embed"),
+            x = x + Embedding(cfg, cfg.type_vocab_size, ("segment", "embed"),
                               name="segment_embed")(segments)
         if cfg.norm_position == "post":
             x = Norm(cfg, name="embed_norm")(x)

@@ -40,6 +40,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("position", None),
+    ("segment", None),     # segment (token type) embedding rows: a tiny table
     ("norm", None),
     ("layers", "stage"),   # the scanned layer axis: contiguous slices per pipeline stage
     ("stage", "stage"),

@@ -1,18 +1,25 @@
 """The Optax pipeline: global-norm clipping, then AdamW with a weight-decay mask, on a schedule.
 
 Weight decay pulls weights toward zero; on norm scales, biases and embedding tables that is
-usually harmful, so they are left out unless configured (`optimizer.decay_*`).
+usually harmful, so only matrices decay unless configured (`optimizer.decay_*`). What a parameter
+is comes from the logical axis names it carries (models/layers.py), not from module names.
 """
 
 from __future__ import annotations
 
 import jax
 import optax
+from jax.sharding import PartitionSpec
 
 from foundations.config import OptimizerConfig, ScheduleConfig
 
-NO_DECAY_NAMES = ("bias", "scale")          # norm scales/biases and layer biases
-EMBEDDING_NAMES = ("token_embed", "pos_embed")
+# Axes that do not make a parameter a matrix: one copy per layer (the scanned stack) or per
+# expert, and head_dim, which only splits a `heads`/`kv_heads` axis (a (heads, head_dim) bias
+# is one vector).
+NOT_FEATURE_AXES = ("layers", "expert", "head_dim")
+# A table's rows are looked up by token id, position or segment: its first feature axis is one of
+# these (an untied output head, (embed, vocab), is a matrix like any other projection).
+TABLE_AXES = ("vocab", "position", "segment")
 
 
 def learning_rate_schedule(opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int):
@@ -35,23 +42,38 @@ def learning_rate_schedule(opt: OptimizerConfig, sched: ScheduleConfig, total_st
     return optax.join_schedules([warm, after], [warmup])
 
 
-def decay_mask(opt: OptimizerConfig):
-    """A function params -> tree of bools: True where weight decay applies."""
-    def decays(path, _leaf) -> bool:
-        names = [getattr(k, "key", str(k)) for k in path]
-        if not opt.decay_norms_and_biases and names[-1] in NO_DECAY_NAMES:
-            return False
-        if not opt.decay_embeddings and any(n in EMBEDDING_NAMES for n in names):
-            return False
-        return True
-    return lambda params: jax.tree_util.tree_map_with_path(decays, params)
+def parameter_kind(axes: tuple) -> str:
+    """'vector' (one feature axis: norm scales, biases), 'table' (token, position and segment
+    embeddings, position-bias tables) or 'matrix' (the rest), from a parameter's logical axes."""
+    features = [a for a in axes if a not in NOT_FEATURE_AXES]
+    if len(features) < 2:
+        return "vector"
+    return "table" if features[0] in TABLE_AXES else "matrix"
 
 
-def make_optimizer(opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int):
-    """Returns (optax transformation, schedule)."""
+def decay_mask(opt: OptimizerConfig, logical_specs):
+    """The tree of logical PartitionSpecs (one per parameter, `nn.get_partition_spec` of the
+    boxed params) -> a tree of bools: True where weight decay applies."""
+    decays = {"matrix": True, "table": opt.decay_embeddings,
+              "vector": opt.decay_norms_and_biases}
+
+    def decay(path, spec: PartitionSpec) -> bool:
+        if not spec:
+            name = jax.tree_util.keystr(path, simple=True, separator="/")
+            raise ValueError(f"parameter {name} has no logical axis names")
+        return decays[parameter_kind(tuple(spec))]
+
+    return jax.tree_util.tree_map_with_path(
+        decay, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def make_optimizer(opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int,
+                   logical_specs):
+    """Returns (optax transformation, schedule); `logical_specs` (the params' logical
+    PartitionSpecs) decide which parameters decay."""
     schedule = learning_rate_schedule(opt, sched, total_steps)
     adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                        weight_decay=opt.weight_decay, mask=decay_mask(opt))
+                        weight_decay=opt.weight_decay, mask=decay_mask(opt, logical_specs))
     if opt.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw), schedule
     return adamw, schedule

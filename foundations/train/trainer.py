@@ -46,13 +46,15 @@ class Trainer:
         self.plain_model = build_model(config)
         self.pipeline = self._make_pipeline()
         self.model = build_model(config, self.pipeline)
+        self.logical_specs = nn.get_partition_spec(
+            jax.eval_shape(self._init_params, jax.random.PRNGKey(0)))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
-                                                config.train.steps)
+                                                config.train.steps, self.logical_specs)
         self.counts = param_counts(model_cfg)
         self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len)
 
         abstract = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0))
-        param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
+        param_shardings = logical_shardings(self.logical_specs, mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
         if (model_cfg.family != "decoder" or model_cfg.moe.num_experts
@@ -107,12 +109,15 @@ class Trainer:
         check_pipeline(stages, micro, self.model_cfg.num_layers, rows, batch_parallelism(self.mesh))
         return Pipeline(stages, micro)
 
-    def _init_boxed(self, rng):
-        params_rng, dropout_rng = jax.random.split(rng)
+    def _init_params(self, rng):
+        """The model's parameters, boxed with their logical axis names."""
         rows = np.zeros((batch_parallelism(self.mesh), self.seq_len + 1), np.int32)
         dummy = self.objective.model_args(self.objective.prepare(rows, 0))
-        params = self.plain_model.init({"params": params_rng, "sample": params_rng},
-                                       *dummy)["params"]
+        return self.plain_model.init({"params": rng, "sample": rng}, *dummy)["params"]
+
+    def _init_boxed(self, rng):
+        params_rng, dropout_rng = jax.random.split(rng)
+        params = self._init_params(params_rng)
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.tx.init(nn.unbox(params)), "rng": dropout_rng}
 
