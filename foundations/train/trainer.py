@@ -20,7 +20,7 @@ from foundations.config import Config, ConfigError, ModelConfig
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.decoder import Decoder
 from foundations.models.families import build_model
-from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
+from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.objectives import make_objective
 from foundations.objectives.base import EVAL
 from foundations.parallel.gpipe import Pipeline, check_pipeline
@@ -47,18 +47,13 @@ class Trainer:
                       else Decoder(model_cfg, pipeline=self.pipeline))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
                                                 config.train.steps)
-        self.counts = param_counts(model_cfg)
-        self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len)
+        self.counts = param_counts(model_cfg, config.train)
+        self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len, config.train)
 
         abstract = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0))
         param_shardings = logical_shardings(nn.get_partition_spec(abstract["params"]), mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
-        if (model_cfg.family != "decoder" or model_cfg.num_experts
-                or model_cfg.positions == "t5_bias"):  # counted from the model itself
-            total = sum(x.size for x in jax.tree.leaves(abstract_params))
-            embedding = model_cfg.vocab_size * model_cfg.d_model
-            self.counts = ParamCounts(total, embedding, total - embedding)
         self.state_shardings = {
             "step": replicated(mesh),
             "params": param_shardings,
