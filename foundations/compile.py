@@ -81,7 +81,7 @@ def topology_devices(topology: dict):
 def compile_train_step(config, topology: dict) -> dict:
     """Lowers and compiles one train step of `config` on `topology`; returns memory and FLOPs."""
     import jax
-    import jax.numpy as jnp
+    import numpy as np
     from foundations.config import resolved_model
     from foundations.data.pipeline import configured_tokenizer
     from foundations.parallel.mesh import make_mesh
@@ -96,9 +96,13 @@ def compile_train_step(config, topology: dict) -> dict:
                           f"{len(devices)} (or set one to -1)")
     trainer = Trainer(config, model_cfg, mesh)
     tc = config.train
-    batch = jax.ShapeDtypeStruct((tc.grad_accum, tc.batch_size // tc.grad_accum,
-                                  config.data.seq_len + 1), jnp.int32,
-                                 sharding=trainer.batch_sharding)
+
+    def abstract(x):  # (batch, ...) -> (grad_accum, microbatch, ...), laid out as put_batch does
+        return jax.ShapeDtypeStruct((tc.grad_accum, x.shape[0] // tc.grad_accum, *x.shape[1:]),
+                                    x.dtype, sharding=trainer.batch_sharding)
+    # the objective's batch (a dict for mlm, span, electra), from windows of zeros
+    rows = np.zeros((tc.batch_size, config.data.seq_len + 1), np.int32)
+    batch = jax.tree.map(abstract, trainer.objective.prepare(rows, 0))
     lowered = trainer._in_mesh(lambda: trainer._train_step.lower(trainer.abstract_state,
                                                                  batch))()
     try:
