@@ -44,14 +44,16 @@ class ParamCounts:
 
 
 def _objective(cfg: ModelConfig, objective: TrainConfig | None) -> TrainConfig:
-    """The objective settings the counts depend on; None: the family's default objective."""
+    """The objective settings the counts read (objective, electra_generator_scale,
+    noise_density, mean_span_length); None: the family's default objective."""
     if objective is None:
         return TrainConfig(objective=FAMILY_OBJECTIVES[cfg.family][0])
     return objective
 
 
 def _generator(cfg: ModelConfig, objective: TrainConfig) -> ModelConfig:
-    from foundations.models.families import generator_config  # JAX-free callers import this
+    # imported here, as span_counts below: the CLI imports this module before JAX may start
+    from foundations.models.families import generator_config
     return generator_config(cfg, objective.electra_generator_scale)
 
 
@@ -214,7 +216,7 @@ def _encoder_flops(cfg: ModelConfig, length: int, head: str) -> int:
 
 def _encdec_flops(cfg: ModelConfig, seq_len: int, objective: TrainConfig) -> int:
     """Span corruption turns a seq_len window into S encoder inputs and T decoder targets."""
-    from foundations.objectives.span import span_counts  # JAX-free callers import this module
+    from foundations.objectives.span import span_counts
     noise, spans = span_counts(seq_len, objective.noise_density, objective.mean_span_length)
     inputs, targets = seq_len - noise + spans, noise + spans
     return (_stack_flops(cfg, cfg.num_layers, inputs)
