@@ -11,6 +11,7 @@ from foundations.config import ConfigError, MeshConfig, load_config
 from foundations.data.pipeline import load_text_data
 from foundations.models.encoder import Encoder, mean_pool
 from foundations.models.families import build_model
+from foundations.models.flops import param_counts
 from foundations.parallel.mesh import make_mesh
 from foundations.train.loop import build
 
@@ -170,6 +171,7 @@ def test_recipes_load_and_big_shapes_match_the_references(name):
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                             *((x, x) if model_cfg.family == "encdec" else (x,)))
     assert sum(v.size for v in jax.tree.leaves(shapes["params"])) == BIG_SHAPES[name]
+    assert param_counts(model_cfg, config.objective).total == BIG_SHAPES[name]
 
 
 def test_t5_decoder_is_causal_reads_the_encoder_and_shares_its_bias(tiny_config):

@@ -111,6 +111,21 @@ def test_compile_reports_sharded_memory_on_a_simulated_mesh(tiny_config):
     assert report["flops_per_device"] > 0 and report["model_flops_per_step"] > 0
 
 
+def test_compile_builds_the_objectives_batch(tiny_config):
+    """T5's batch is a dict of inputs and targets, not token windows; compile lays it out as the
+    trainer's put_batch does and reports T5's own FLOP count."""
+    from foundations.compile import compile_train_step, parse_topology
+    from foundations.models.flops import param_counts, train_flops_per_token
+    config = tiny_config("model.family=encdec", "objective.kind=span", "model.num_layers=1",
+                         "model.positions.kind=t5_bias", "model.vocab_size=320")
+    report = compile_train_step(config, parse_topology("cpu-1"))
+    tokens = config.train.batch_size * config.data.seq_len
+    model = config.model
+    assert report["model_flops_per_step"] == pytest.approx(
+        train_flops_per_token(model, config.data.seq_len, config.objective) * tokens)
+    assert report["parameters"] == param_counts(model, config.objective).total
+
+
 def test_compile_command_sets_up_its_own_simulated_devices(tmp_path):
     """The README's `foundations compile CONFIG --topology cpu-N`, with no XLA_FLAGS: the command
     must set the device count before anything imports JAX."""

@@ -1,5 +1,5 @@
-"""The decoder model: parameter counts, causality, RoPE, training to overfit, schedules
-(the optimizer itself: test_optim.py)."""
+"""The decoder model: causality, RoPE, training to overfit, schedules (the optimizer itself:
+test_optim.py; parameter and FLOP counts: test_flops.py)."""
 
 import json
 
@@ -10,7 +10,6 @@ import pytest
 
 from foundations.config import ModelConfig, OptimizerConfig, ScheduleConfig, load_config
 from foundations.models.decoder import Decoder
-from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.models.positions import apply_rope
 from foundations.train.loop import build
 from foundations.train.optim import learning_rate_schedule
@@ -25,25 +24,6 @@ def model_config(**kw) -> ModelConfig:
                 "vocab_size": 64, **kw}
     overrides = [f"model.{key}={json.dumps(value)}" for key, value in settings.items()]
     return load_config(None, overrides + ["data.seq_len=16"]).model
-
-
-@pytest.mark.parametrize("kw", [{}, LLAMA_LIKE], ids=["gpt2", "llama"])
-def test_param_counts_match_a_real_init(kw):
-    cfg = model_config(**kw)
-    params = jax.eval_shape(Decoder(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), int))
-    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    counts = param_counts(cfg)
-    assert counts.total == total
-    embedding = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    embedding += cfg.max_seq_len * cfg.d_model if cfg.positions.kind == "learned" else 0
-    assert counts.non_embedding == total - embedding
-
-
-def test_flops_per_token_hand_count():
-    cfg = model_config(num_layers=1, d_model=8, num_heads=2, vocab_size=16, d_ff=32)
-    # kernels: q,k,v,o 4*8*8=256; mlp 8*32*2=512; head 8*16=128 -> 896 weights x 6 = 5376;
-    # attention 12 * layers(1) * T(10) * 8 = 960
-    assert train_flops_per_token(cfg, seq_len=10) == 6 * 896 + 960
 
 
 @pytest.mark.parametrize("kw", [{}, LLAMA_LIKE], ids=["gpt2", "llama"])

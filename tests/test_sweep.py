@@ -41,6 +41,19 @@ def test_plan_is_isoflop(sweep_file):
     assert runs[0].config.optimizer.lr == pytest.approx(3e-3 * 64 / 16)
 
 
+@pytest.mark.parametrize("family", ["mixtral", "t5"])
+def test_plan_counts_the_base_family(sweep_file, family):
+    """An MoE's D = C / (6N) uses the N a token passes through (1 of 8 experts); T5's exact C
+    is below 6ND: the decoder reads only the span targets, about a fifth of each window."""
+    overrides = {"mixtral": ["model.moe.num_experts=8", "model.moe.experts_per_token=1"],
+                 "t5": ["model.family=encdec", "objective.kind=span",
+                        "model.positions.kind=t5_bias", "model.vocab_size=320"]}[family]
+    runs = plan_runs(*load_grid(sweep_file, overrides))
+    for r in runs:
+        assert r.flops_6nd == pytest.approx(r.budget, rel=0.15)
+        assert (r.flops > r.flops_6nd) == (family == "mixtral"), (r.flops, r.flops_6nd)
+
+
 def test_bad_grid_key_is_named(sweep_file):
     with pytest.raises(ConfigError, match="unknown key 'grid.depth' \\(did you mean 'depths'"):
         load_grid(sweep_file, ["grid.depth=[1]"])

@@ -3,7 +3,9 @@
 Sizes grow depth and width together (d_model = aspect_ratio * num_layers, heads of head_dim), so
 one number, the depth, names a size. For each FLOP budget C, every size whose token budget
 D = C / (6N) gives between min_steps and max_steps optimizer steps is trained: the IsoFLOP design
-of Hoffmann et al. (2022), Approach 2. Learning rate follows width: lr = lr_base * (lr_width / d).
+of Hoffmann et al. (2022), Approach 2. N is the non-embedding count a token passes through (an
+MoE's k routed experts, not all E); each run also records its exact C, the family's own count
+from models/flops.py. Learning rate follows width: lr = lr_base * (lr_width / d).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ class RunSpec:
     size: str
     budget: float
     config: Config
-    n_params: int                  # non-embedding
+    n_params: int                  # non-embedding (an MoE's: all experts)
     n_params_total: int
     tokens: int
     flops_6nd: float
-    flops: float                   # exact: 6·(matmul weights incl. head)·D + attention
+    flops: float                   # exact: train_flops_per_token (models/flops.py) · D
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> tuple[dict, GridConfig]:
@@ -91,9 +93,9 @@ def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
             tree = size_settings(base, grid, depth)
             set_path(tree, ["schedule", "warmup_steps"], 0)
             sized = config_from_tree(tree)
-            counts = param_counts(sized.model)
+            counts = param_counts(sized.model, sized.objective)
             tokens_per_step = sized.train.batch_size * sized.data.seq_len
-            steps = round(budget / (6 * counts.non_embedding) / tokens_per_step)
+            steps = round(budget / (6 * counts.active) / tokens_per_step)
             if not grid.min_steps <= steps <= grid.max_steps:
                 continue
             set_path(tree, ["train", "steps"], steps)
@@ -104,8 +106,9 @@ def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
                 run_id=f"L{depth}_d{config.model.d_model}_C{budget:.0e}".replace("+", ""),
                 size=f"L{depth}_d{config.model.d_model}", budget=budget, config=config,
                 n_params=counts.non_embedding, n_params_total=counts.total, tokens=tokens,
-                flops_6nd=6.0 * counts.non_embedding * tokens,
-                flops=train_flops_per_token(config.model, config.data.seq_len) * tokens))
+                flops_6nd=6.0 * counts.active * tokens,
+                flops=train_flops_per_token(config.model, config.data.seq_len,
+                                            config.objective) * tokens))
     if not runs:
         raise ConfigError("grid: no (size, budget) pair gives between grid.min_steps and "
                           "grid.max_steps steps; widen the budgets or the step range")

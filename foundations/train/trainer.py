@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from foundations.config import Config, ConfigError
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.families import build_model
-from foundations.models.flops import ParamCounts, param_counts, train_flops_per_token
+from foundations.models.flops import param_counts, train_flops_per_token
 from foundations.objectives import make_objective
 from foundations.objectives.base import EVAL
 from foundations.parallel.gpipe import Pipeline, check_pipeline
@@ -49,19 +49,14 @@ class Trainer:
         self.logical_specs = nn.get_partition_spec(
             jax.eval_shape(self._init_params, jax.random.PRNGKey(0)))
         self.tx, self.schedule = make_optimizer(config.optimizer, config.schedule,
-                                                config.train.steps, self.logical_specs)
-        self.counts = param_counts(model_cfg)
-        self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len)
+                                               config.train.steps, self.logical_specs)
+        self.counts = param_counts(model_cfg, config.objective)
+        self.flops_per_token = train_flops_per_token(model_cfg, self.seq_len, config.objective)
 
         abstract = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0))
         param_shardings = logical_shardings(self.logical_specs, mesh)
         abstract_params = nn.unbox(abstract["params"])
         check_divisible(abstract_params, param_shardings)
-        if (model_cfg.family != "decoder" or model_cfg.moe.num_experts
-                or model_cfg.positions.kind == "t5_bias"):  # counted from the model itself
-            total = sum(x.size for x in jax.tree.leaves(abstract_params))
-            embedding = model_cfg.vocab_size * model_cfg.d_model
-            self.counts = ParamCounts(total, embedding, total - embedding)
         self.state_shardings = {
             "step": replicated(mesh),
             "params": param_shardings,
