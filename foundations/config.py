@@ -454,7 +454,7 @@ FAMILY_OBJECTIVES = {"decoder": ("clm", "prefix_lm"), "encoder": ("mlm", "electr
 
 
 def validate(config: Config) -> None:
-    """Checks that need several fields at once; mesh divisibility is checked when the mesh exists."""
+    """Checks that need several fields at once (the mesh checks divisibility once it exists)."""
     m, t, data = config.model, config.train, config.data
     kv = m.num_kv_heads or m.num_heads
     if not m.head_dim and m.d_model % m.num_heads:

@@ -27,7 +27,7 @@ REMAT_POLICIES = {
 
 class Block(nn.Module):
     """Attention, [cross-attention,] MLP, each a residual: pre-norm x + f(norm(x)) (GPT-2, LLaMA,
-    T5) or post-norm norm(x + f(x)) (BERT). The MLP is a mixture of experts if moe.num_experts > 0."""
+    T5) or post-norm norm(x + f(x)) (BERT). The MLP is a mixture of experts if moe.num_experts."""
     cfg: ModelConfig
     deterministic: bool = True
     causal: bool = True

@@ -58,7 +58,7 @@ def _generator(cfg: ModelConfig, objective: ObjectiveConfig) -> ModelConfig:
 
 
 def param_counts(cfg: ModelConfig, objective: ObjectiveConfig | None = None) -> ParamCounts:
-    """The parameters `build_model(config)` creates (objective: config.objective), split as the docstring says."""
+    """The parameters `build_model(config)` creates, split as the module docstring says."""
     objective = _objective(cfg, objective)
     if objective.kind == "electra":
         parts = [_encoder_params(_generator(cfg, objective), "mlm"), _encoder_params(cfg, "rtd")]
