@@ -87,7 +87,8 @@ def test_resuming_with_another_model_is_refused_and_keeps_the_run(uninterrupted,
     shutil.copytree(uninterrupted[1], run_dir)
     saved = (run_dir / "config.yaml").read_text()
     with pytest.raises(ConfigError, match=r"holds checkpoints of another model "
-                                          r"\(model.d_model: 32 -> 64\); use a new --run-dir"):
+                                          r"\(model.d_model: 32 -> 64, model.head_dim: 8 -> 16, "
+                                          r"model.d_ff: 128 -> 256\); use a new --run-dir"):
         train(tiny_config("model.d_model=64", "train.steps=8"), run_dir, progress=False)
     assert (run_dir / "config.yaml").read_text() == saved  # the run's record is untouched
     # settings that leave the arrays' meaning alone may change; they are reported
