@@ -6,7 +6,8 @@ parameters and optimizer state, gathering weights when used), `tensor` (split he
 vocabulary inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by
 expert; it splits the batch too, so outside the MoE layers it acts like `data`). A parameter's
 logical axes (see models/layers.py) meet the rules below; the first rule for a name whose mesh
-axis is still free on that array wins.
+axis is still free on that array wins. With several processes, each reads only its own rows of
+every batch, so the processes must split the batch axes: `make_mesh` lays the mesh out that way.
 """
 
 from __future__ import annotations
