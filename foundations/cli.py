@@ -72,12 +72,21 @@ def _config(args) -> None:
 
 
 def _generate(args) -> None:
-    from foundations.config import ConfigError
+    from foundations.config import ConfigError, load_config
     from foundations.train.loop import load_run, sample_text
     if args.temperature < 0 or args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}), "
                           f"--max-new-tokens and --num-samples >= 1 (got {args.max_new_tokens}, "
                           f"{args.num_samples})")
+    config_file = Path(args.run_dir) / "config.yaml"
+    if config_file.is_file():  # before a checkpoint is restored (load_run reports its absence)
+        run = load_config(config_file, args.overrides)
+        if run.model.family != "decoder":
+            why = ("T5-style decoding is not implemented yet" if run.model.family == "encdec"
+                   else "an encoder predicts masked or replaced tokens, it does not continue text")
+            raise ConfigError(f"{args.run_dir} is a model.family={run.model.family} run "
+                              f"(objective.kind={run.objective.kind}): generate needs a decoder "
+                              f"run (model.family=decoder); {why}")
     config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     for i in range(args.num_samples):
         text = sample_text(trainer, state["params"], tokenizer, args.prompt,

@@ -55,6 +55,16 @@ def parse_topology(name: str) -> dict:
             "topology": f"{prefix}:{'x'.join(map(str, shape))}", "hbm_gib": hbm}
 
 
+def offline_tpu_environment(accelerator_type: str) -> None:
+    """What libtpu would read from a TPU VM's metadata server, set for this host alone: without
+    them it prints a screen of initialisation errors when it loads, although an ahead-of-time
+    compile needs none of them. A value already in the environment wins."""
+    os.environ["TPU_SKIP_MDS_QUERY"] = "1"  # no metadata server here: don't look for one
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)  # e.g. v5p-32
+    os.environ.setdefault("TPU_WORKER_ID", "0")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
 def topology_devices(topology: dict):
     """The devices to compile for: a TPU topology description, or this process's CPU devices."""
     import jax
@@ -67,9 +77,10 @@ def topology_devices(topology: dict):
     import importlib.util
     if importlib.util.find_spec("libtpu") is None:
         raise ConfigError(f"--topology {topology['name']} needs the libtpu package (pip install "
-                          "'jax[tpu]' or libtpu at the version jax pins); without it use "
+                          "-e '.[tpu]', or 'jax[tpu]'); without it use "
                           f"--topology cpu-{topology['devices']} for a simulated CPU mesh")
     from jax.experimental.topologies import get_topology_desc
+    offline_tpu_environment(topology["name"])
     dims = [int(d) for d in topology["topology"].split(":")[1].split("x")]
     host = (2, 2, 1) if len(dims) == 3 else tuple(min(2, d) for d in dims)
     desc = get_topology_desc(platform="tpu", topology_name=topology["topology"],
@@ -149,7 +160,6 @@ def _compile_command(args) -> None:
     config = load_config(args.config, args.overrides)
     if "jax" not in sys.modules:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ["TPU_SKIP_MDS_QUERY"] = "1"  # no metadata server here: don't look for one
         if topology["platform"] == "cpu":
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
                                        f"platform_device_count={topology['devices']}").strip()

@@ -1,5 +1,6 @@
 """The launch scripts: they pass shellcheck, and --dry-run prints the commands they would run."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -137,3 +138,21 @@ def test_compile_command_sets_up_its_own_simulated_devices(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["devices"] == 4 and report["mesh"]["fsdp"] == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="needs libtpu (pip install -e '.[tpu]')")
+def test_compile_for_a_tpu_pod_prints_only_the_report():
+    """libtpu, loaded on a machine without TPUs, reads the slice from the environment a TPU VM
+    would have; set by the command, it has nothing to complain about on stderr. v5p-16 is two
+    hosts, so the mesh spans two processes' devices."""
+    script = shutil.which("foundations") or str(Path(sys.executable).parent / "foundations")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "TPU_"))}
+    result = subprocess.run([script, "compile", str(REPO / "experiments" / "smoke.yaml"),
+                             "--topology", "v5p-16", "mesh.fsdp=8"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""
+    assert result.stdout.startswith("v5p-16 (tpu, 8 devices), mesh {'stage': 1, 'data': 1, "
+                                    "'fsdp': 8"), result.stdout
+    assert "fits in 95 GiB of HBM per chip" in result.stdout

@@ -1,19 +1,26 @@
 """Multi-host training with real processes: 2 processes x 4 CPU devices (gloo) reach the same
-losses as 1 process x 8 devices; when one process dies the other stops within a bounded time."""
+losses as 1 process x 8 devices, on the whole mesh or a smaller one; a mesh that cannot split over
+the processes is one line from each; when one process dies the other stops within a bounded
+time."""
 
+import functools
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from jax.sharding import Mesh
 
-from foundations.config import ConfigError, DistributedConfig, load_config
+from foundations.config import ConfigError, DistributedConfig, MeshConfig, load_config
 from foundations.parallel.distributed import explicit_settings
+from foundations.parallel.mesh import MESH_AXES, feeds_own_rows, make_mesh
 from foundations.train.loop import train
 from foundations.train.metrics import read_metrics
 
@@ -21,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "multihost_local.sh"
 
 
-def write_config(path: Path, corpus: Path, steps: int) -> Path:
+def write_config(path: Path, corpus: Path, steps: int, mesh: dict | None = None) -> Path:
     config = {
         "model": {"num_layers": 2, "d_model": 32, "num_heads": 4, "max_seq_len": 32},
         "data": {"seq_len": 32, "train_files": [str(corpus)]},
@@ -29,7 +36,7 @@ def write_config(path: Path, corpus: Path, steps: int) -> Path:
                   "eval_batches": 1, "sample_tokens": 0},
         "schedule": {"warmup_steps": 2},
         "checkpoint": {"every": 0, "async_save": False},
-        "mesh": {"data": 4, "fsdp": 2},
+        "mesh": mesh or {"data": 4, "fsdp": 2},
     }
     path.write_text(yaml.safe_dump(config))
     return path
@@ -45,30 +52,131 @@ def launch(log: Path, num_processes: int, config: Path, *args: str) -> subproces
                             start_new_session=True)
 
 
-def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path):
-    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3)
-    log = tmp_path / "launch.log"
-    proc = launch(log, 2, config_file, "--run-dir", str(tmp_path / "two"))
-    try:  # meanwhile the reference: this process, 8 devices
-        train(load_config(config_file), tmp_path / "one", progress=False)
-        proc.wait(timeout=240)
+def start_two(tmp_path: Path, config: Path, *args: str) -> subprocess.Popen:
+    return launch(tmp_path / "launch.log", 2, config, *args)
+
+
+def wait(proc: subprocess.Popen, tmp_path: Path, timeout: int = 420) -> tuple[int, str]:
+    """Waits for the launcher (killing it after `timeout` s); (exit status, its output)."""
+    try:
+        proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    output = log.read_text()
-    assert proc.returncode == 0, output[-3000:]
-    assert "[1] process 1 of 2, 4 local devices of 8" in output
-    two = [r for r in read_metrics(tmp_path / "two") if "loss" in r]
-    one = [r for r in read_metrics(tmp_path / "one") if "loss" in r]
+    return proc.returncode, (tmp_path / "launch.log").read_text()
+
+
+def logged_losses(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+    """The reference: 3 steps in this process on 8 devices (data 4 x fsdp 2), trained on the
+    first call (made while a launcher runs, so the two share the time) and kept; its metrics."""
+    @functools.cache
+    def losses() -> list[dict]:
+        tmp = tmp_path_factory.mktemp("one_process")
+        train(load_config(write_config(tmp / "tiny.yaml", corpus, steps=3)), tmp / "run",
+              progress=False)
+        return logged_losses(tmp / "run")
+    return losses
+
+
+def assert_same_losses(one: list[dict], two: list[dict]) -> None:
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
+
+
+def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path, one_process):
+    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3)
+    proc = start_two(tmp_path, config_file, "--run-dir", str(tmp_path / "two"))
+    one = one_process()
+    status, output = wait(proc, tmp_path)
+    assert status == 0, output[-3000:]
+    assert "[1] process 1 of 2, 4 local devices of 8" in output
+    assert_same_losses(one, logged_losses(tmp_path / "two"))
     # one writer of logs; the checkpoint holds each process's data-iterator position
     assert "[1] step 3: val_loss" not in output and "[0] step 3: val_loss" in output
     data_dir = tmp_path / "two" / "checkpoints" / "3" / "data"
     assert {p.name for p in data_dir.glob("process_*")} == {"process_0-of-2.json",
                                                             "process_1-of-2.json"}
+
+
+def test_a_smaller_mesh_takes_devices_from_every_process(corpus, tmp_path, one_process):
+    """data 2 x tensor 2 on 2 x 4 devices: 2 devices of each process, the processes splitting
+    the batch; the losses are those of the whole mesh in one process."""
+    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3,
+                               mesh={"data": 2, "tensor": 2})
+    proc = start_two(tmp_path, config_file, "--run-dir", str(tmp_path / "two"))
+    one = one_process()
+    status, output = wait(proc, tmp_path)
+    assert status == 0, output[-3000:]
+    assert "'data': 2, 'fsdp': 1, 'tensor': 2" in output
+    assert_same_losses(one, logged_losses(tmp_path / "two"))
+
+
+def test_a_mesh_that_does_not_split_over_the_processes_is_one_line_from_each(corpus, tmp_path):
+    """tensor=2 alone would replicate every batch over both processes, which each read only
+    their own rows: refused by each, before anything is compiled."""
+    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=2, mesh={"tensor": 2})
+    proc = start_two(tmp_path, config_file, "--run-dir", str(tmp_path / "run"))
+    status, output = wait(proc, tmp_path, timeout=120)
+    assert status == 2 and "Traceback" not in output, output[-3000:]
+    for i in (0, 1):
+        errors = [line for line in output.splitlines()
+                  if line.startswith(f"[{i}] foundations train: error: ")]
+        assert len(errors) == 1, output[-3000:]
+        assert "'tensor': 2" in errors[0] and "(2 devices) over 2 processes with 8 devices" \
+            in errors[0] and "batch axes (data x fsdp x expert = 1) must divide by 2" \
+            in errors[0], errors[0]
+
+
+@dataclass(frozen=True)
+class FakeDevice:
+    """Stands for a CPU device of one of several processes, for laying out meshes."""
+    id: int
+    process_index: int
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+
+
+TWO_HOSTS = [FakeDevice(i, i // 4) for i in range(8)]  # 2 processes x 4 devices
+
+
+def device_ids(mesh: Mesh) -> np.ndarray:
+    return np.vectorize(lambda d: d.id)(mesh.devices).squeeze()
+
+
+@pytest.mark.parametrize("sizes, ids", [
+    ({"data": 2, "tensor": 2}, [[0, 1], [4, 5]]),  # tensor inside a process
+    ({"stage": 2, "data": 2}, [[0, 4], [1, 5]]),   # both stages in each process
+    ({"fsdp": 2, "expert": 2}, [[0, 1], [4, 5]]),
+    ({"stage": 2, "data": 2, "fsdp": 2}, [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]),  # all 8
+])
+def test_the_processes_split_the_batch(sizes, ids):
+    mesh = make_mesh(MeshConfig(**sizes), TWO_HOSTS)
+    assert device_ids(mesh).tolist() == ids
+    assert feeds_own_rows(mesh, 2)
+    # the first devices in order (one process's layout) leave process 1 out of a smaller mesh,
+    # and split the whole mesh between the processes by stage, not by batch rows
+    first = TWO_HOSTS[:mesh.size]
+    in_order = Mesh(np.array(first, dtype=object).reshape(mesh.devices.shape), MESH_AXES)
+    assert not feeds_own_rows(in_order, 2)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"data": 3}, r"mesh \{.*'data': 3.*\} \(3 devices\) over 2 processes with 8 devices: each "
+                  r"process must hold the same number of the mesh's devices"),
+    ({"tensor": 2}, r"\(2 devices\) over 2 processes with 8 devices: each process reads its own "
+                    r"rows of every batch, so the batch axes \(data x fsdp x expert = 1\) must "
+                    r"divide by 2"),
+])
+def test_a_mesh_that_cannot_feed_every_process_is_refused(sizes, message):
+    with pytest.raises(ConfigError, match=message):
+        make_mesh(MeshConfig(**sizes), TWO_HOSTS)
 
 
 def test_a_dead_process_stops_the_others(corpus, tmp_path):

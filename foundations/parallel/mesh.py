@@ -6,7 +6,8 @@ parameters and optimizer state, gathering weights when used), `tensor` (split he
 vocabulary inside each layer, Megatron-style), `expert` (shard a mixture of experts' weights by
 expert; it splits the batch too, so outside the MoE layers it acts like `data`). A parameter's
 logical axes (see models/layers.py) meet the rules below; the first rule for a name whose mesh
-axis is still free on that array wins.
+axis is still free on that array wins. With several processes, each reads only its own rows of
+every batch, so the processes must split the batch axes: `make_mesh` lays the mesh out that way.
 """
 
 from __future__ import annotations
@@ -50,27 +51,84 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """A (stage, data, fsdp, tensor) mesh over the first prod(sizes) of `devices` (default:
-    all); one size may be -1: all the remaining devices."""
+    """A (stage, data, fsdp, tensor, expert) mesh over `devices` (default: all); one size may be
+    -1: all the remaining devices. A smaller mesh uses the first devices, or, when the devices
+    belong to several processes, the same number of each process's first devices."""
     devices = list(jax.devices() if devices is None else devices)
+    sizes = _resolve_sizes(cfg, len(devices))
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    processes = len({d.process_index for d in devices})
+    if math.prod(sizes) == len(devices):  # all of them: JAX's topology-aware order, if it has one
+        try:
+            mesh = jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+        except (NotImplementedError, ValueError):  # sizes that do not fit the physical torus
+            mesh = None
+        if mesh is not None and feeds_own_rows(mesh, processes):
+            return mesh
+    if processes == 1:
+        grid = np.array(devices[:math.prod(sizes)]).reshape(sizes)
+    else:
+        grid = _spread_over_processes(sizes, devices)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def _resolve_sizes(cfg: MeshConfig, num_devices: int) -> list[int]:
+    """The configured axis sizes with a -1 filled in; refused when they need too many devices."""
     sizes = [getattr(cfg, axis) for axis in MESH_AXES]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ConfigError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be positive "
                           "(at most one may be -1, meaning 'the remaining devices')")
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
-        if len(devices) % known:
-            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) > len(devices):
+        if num_devices % known:
+            raise ConfigError(f"mesh: {num_devices} devices do not divide by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) > num_devices:
         raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                          f"but {len(devices)} are available; set mesh.stage/data/fsdp/tensor/"
+                          f"but {num_devices} are available; set mesh.stage/data/fsdp/tensor/"
                           "expert so their product matches")
-    devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
-    axis_types = (AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
-    return Mesh(np.array(devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
+    return sizes
+
+
+def feeds_own_rows(mesh: Mesh, process_count: int) -> bool:
+    """Whether each of the `process_count` processes has devices in `mesh` holding their own,
+    equal share of each batch's rows: what `make_array_from_process_local_data` needs when each
+    process reads only its rows."""
+    ways = batch_parallelism(mesh)
+    rows: dict[int, set[int]] = {}
+    for device, index in batch_sharding(mesh).devices_indices_map((ways,)).items():
+        rows.setdefault(device.process_index, set()).add(index[0].start or 0)
+    return (len(rows) == process_count and sum(len(r) for r in rows.values()) == ways
+            and len({len(r) for r in rows.values()}) == 1)
+
+
+def _spread_over_processes(sizes: list[int], devices) -> np.ndarray:
+    """The same number of devices from every process, laid out so that the processes split the
+    batch axes (each then holds its own rows, as the data pipeline feeds them) and the other
+    axes stay inside a process."""
+    by_process: dict[int, list] = {}
+    for device in devices:
+        by_process.setdefault(device.process_index, []).append(device)
+    count, size = len(by_process), math.prod(sizes)
+    problem = (f"mesh {dict(zip(MESH_AXES, sizes))} ({size} devices) over {count} processes "
+               f"with {len(devices)} devices")
+    if size % count or size // count > min(len(local) for local in by_process.values()):
+        raise ConfigError(f"{problem}: each process must hold the same number of the mesh's "
+                          f"devices, so the mesh size must be a multiple of {count}")
+    across, left = [], count  # processes per mesh axis, batch axes first
+    for axis, n in zip(MESH_AXES, sizes):
+        across.append(math.gcd(left, n) if axis in BATCH_AXES else 1)
+        left //= across[-1]
+    if left > 1:
+        ways = math.prod(n for axis, n in zip(MESH_AXES, sizes) if axis in BATCH_AXES)
+        raise ConfigError(f"{problem}: each process reads its own rows of every batch, so the "
+                          f"batch axes (data x fsdp x expert = {ways}) must divide by {count}")
+    within = [n // a for n, a in zip(sizes, across)]
+    chosen = [d for local in by_process.values() for d in local[:size // count]]
+    grid = np.array(chosen, dtype=object).reshape(*across, *within)
+    # mesh axis i = (which process, which of its devices): its coordinate is a * within + w
+    order = [k for i in range(len(sizes)) for k in (i, len(sizes) + i)]
+    return grid.transpose(order).reshape(sizes)
 
 
 def logical_shardings(logical_specs, mesh: Mesh):
