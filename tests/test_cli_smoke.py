@@ -71,6 +71,7 @@ def test_generate_command_greedy_is_deterministic(smoke_run, capsys):
     first = capsys.readouterr().out
     assert main(args) == 0
     assert capsys.readouterr().out == first and first.startswith("KING:")
+    assert len(first) > len("KING:\n")  # and it did write something after the prompt
 
 
 def test_resuming_a_finished_run_trains_no_more(smoke_run):
