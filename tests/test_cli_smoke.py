@@ -1,6 +1,7 @@
 """The README's first command, through the installed `foundations` script, then eval and generate.
 
-The smoke recipe runs as shipped except for fewer steps and a shorter sample, on 1 device."""
+The smoke recipe runs as shipped except for fewer steps (and warmup) and a shorter sample, on
+1 device."""
 
 import json
 import os
@@ -23,8 +24,8 @@ def smoke_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a plain 1-device machine
     result = subprocess.run(
         [script, "train", str(REPO / "experiments" / "smoke.yaml"), "--run-dir", str(run_dir),
-         "train.steps=24", "train.eval_every=12", "train.eval_batches=2",
-         "train.sample_tokens=40", "checkpoint.every=12"],
+         "train.steps=24", "schedule.warmup_steps=12", "train.eval_every=12",
+         "train.eval_batches=2", "train.sample_tokens=40", "checkpoint.every=12"],
         capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
