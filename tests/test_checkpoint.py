@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from foundations.train.checkpoint import CheckpointError
+from foundations.config import CheckpointConfig
+from foundations.train.checkpoint import CheckpointError, checkpoint_manager, save
 from foundations.train.loop import load_run, train
 from foundations.train.metrics import read_metrics
 
@@ -52,13 +53,20 @@ def test_checkpoint_from_8x1x1_restores_onto_2x2x2(uninterrupted, tiny_config, t
                                [straight[s] for s in range(1, 7)], rtol=1e-5)
 
 
-def test_keeps_the_last_k_checkpoints(uninterrupted):
+def saved_steps(run_dir):
+    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_saves_every_n_steps_and_keeps_the_last_k(uninterrupted, tmp_path):
     _, straight_dir = uninterrupted
-    steps = sorted(int(p.name) for p in (straight_dir / "checkpoints").iterdir()
-                   if p.name.isdigit())
-    assert steps == [3, 6]  # every 3 steps, keep 3: both remain
+    assert saved_steps(straight_dir) == [3, 6]  # every 3 steps (keep 3: both remain)
     assert (straight_dir / "config.yaml").is_file()
     assert list((straight_dir / "tensorboard").glob("events.out.tfevents.*"))
+    manager = checkpoint_manager(tmp_path, CheckpointConfig(keep=2, async_save=False))
+    for step in range(1, 5):
+        save(manager, step, {"step": np.int32(step)})
+    manager.wait_until_finished()
+    assert saved_steps(tmp_path) == [3, 4]
 
 
 def test_corrupt_checkpoint_is_named_and_left_in_place(tiny_config, tmp_path):

@@ -1,6 +1,7 @@
 """The README's first command, through the installed `foundations` script, then eval and generate.
 
-The smoke recipe runs as shipped except for fewer steps and a shorter sample, on 1 device."""
+The smoke recipe runs as shipped except for fewer steps (and warmup) and a shorter sample, on
+1 device."""
 
 import json
 import os
@@ -71,6 +72,7 @@ def test_generate_command_greedy_is_deterministic(smoke_run, capsys):
     first = capsys.readouterr().out
     assert main(args) == 0
     assert capsys.readouterr().out == first and first.startswith("KING:")
+    assert len(first) > len("KING:\n")  # and it did write something after the prompt
 
 
 def test_resuming_a_finished_run_trains_no_more(smoke_run):

@@ -110,13 +110,20 @@ def test_span_noise_mask_statistics():
     assert (middle > 0.05).all() and (middle < 0.25).all() and abs(middle.mean() - 0.13) < 0.02
 
 
+# query i (row) may see key j (column): the prefix's 3 tokens see each other, the rest causally
+PREFIX_3_OF_5 = np.array([[1, 1, 1, 0, 0],
+                          [1, 1, 1, 0, 0],
+                          [1, 1, 1, 0, 0],
+                          [1, 1, 1, 1, 0],
+                          [1, 1, 1, 1, 1]], bool)
+
+
 def test_prefix_lm_mask_is_bidirectional_over_the_prefix():
     prefix = objective("objective.kind=prefix_lm").prepare(windows(4, 17), 0)["prefix"]
     assert ((1 <= prefix) & (prefix < 16)).all()
     mask = np.asarray(PrefixLM.mask(np.array([3, 1]), 5))
-    i, j = np.arange(5)[:, None], np.arange(5)[None, :]
-    np.testing.assert_array_equal(mask[0, 0], (j <= i) | (j < 3))
-    np.testing.assert_array_equal(mask[1, 0], j <= i)
+    np.testing.assert_array_equal(mask[0, 0], PREFIX_3_OF_5)
+    np.testing.assert_array_equal(mask[1, 0], np.tril(np.ones((5, 5), bool)))  # causal
 
 
 def test_electra_masks_every_selected_token():
@@ -124,3 +131,27 @@ def test_electra_masks_every_selected_token():
         windows(16, 129), 0)
     assert (batch["inputs"][batch["selected"]] == 260).all()
     assert (batch["inputs"][~batch["selected"]] == batch["targets"][~batch["selected"]]).all()
+
+
+def test_prefix_lm_loss_counts_only_the_predictions_past_the_prefix():
+    """Windows of 6 tokens, prefix 3: the outputs at positions 2, 3, 4 predict tokens 3, 4, 5
+    (the rest). The stand-in model gives those targets probability 1/2, 1/4, 1/8 (losses 1, 2
+    and 3 x ln 2) and the prefix's targets ~0, so only the right three average to 2 ln 2."""
+    lm = objective("objective.kind=prefix_lm", seq_len=5)
+    tokens = np.array([[3, 4, 5, 6, 7, 8]])
+    vocab = 16
+    logits = np.zeros((1, 5, vocab), np.float32)
+    logits[0, :2, 0] = 50.0                                      # the prefix's: wrong
+    for position, p in zip((2, 3, 4), (1 / 2, 1 / 4, 1 / 8)):    # p = e^l / (e^l + vocab - 1)
+        logits[0, position, tokens[0, position + 1]] = np.log(p / (1 - p) * (vocab - 1))
+    seen = {}
+
+    def apply(params, rng, inputs, mask):
+        seen["inputs"], seen["mask"] = np.asarray(inputs), np.asarray(mask)
+        return logits, 0.0
+
+    loss, metrics = lm.loss(apply, None, {"tokens": tokens, "prefix": np.array([3])}, None)
+    assert float(loss) == pytest.approx(2 * np.log(2), rel=1e-5)
+    assert float(metrics["accuracy"]) == 1.0
+    np.testing.assert_array_equal(seen["inputs"], tokens[:, :-1])
+    np.testing.assert_array_equal(seen["mask"][0, 0], PREFIX_3_OF_5)

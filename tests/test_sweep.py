@@ -6,6 +6,7 @@ import pytest
 
 from foundations.cli import main
 from foundations.config import ConfigError
+from foundations.scaling import probe
 from foundations.scaling.grid import load_grid, plan_runs
 from foundations.scaling.sweep import run_sweep
 
@@ -59,8 +60,14 @@ def test_bad_grid_key_is_named(sweep_file):
         load_grid(sweep_file, ["grid.depth=[1]"])
 
 
-def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys):
+def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
+    probed, real_probe = [], probe.next_word_accuracy  # the probe itself: test_probe.py
+
+    def recording_probe(trainer, params, tokenizer, text, num_examples):
+        probed.append((num_examples, real_probe(trainer, params, tokenizer, text, num_examples)))
+        return probed[-1][1]
+    monkeypatch.setattr(probe, "next_word_accuracy", recording_probe)
     rows = run_sweep(sweep_file, out, stop_after_runs=2)  # interrupted after two runs
     assert [r["run_id"] for r in rows] == ["L1_d16_C3e08", "L2_d32_C3e08"]
     assert (out / "status.txt").read_text().startswith("2/6 runs done")
@@ -75,7 +82,8 @@ def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys):
     assert {"run_id", "n_params", "n_params_total", "tokens", "flops_6nd", "flops", "train_loss",
             "val_loss", "budget", "curve", "wall_time_s", "probe_acc"} <= set(table[0])
     assert all((out / row["curve"]).is_file() for row in table)
-    assert all(0.0 <= row["probe_acc"] <= 1.0 for row in table)
+    assert [row["probe_acc"] for row in table] == [acc for _, acc in probed]
+    assert [examples for examples, _ in probed] == [8] * 6
     # more compute at a fixed size lowers the loss
     loss = {row["run_id"]: row["val_loss"] for row in table}
     assert loss["L2_d32_C9e08"] < loss["L2_d32_C3e08"]
