@@ -39,15 +39,6 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -
     manager.save(step, args=ocp.args.Composite(**items))
 
 
-def save_now(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
-    """Saves `step` synchronously, whatever checkpoint.async_save says: waits for any save in
-    progress, writes `step` unless it is already saved, and returns once it is on disk."""
-    manager.wait_until_finished()
-    if step not in manager.all_steps():
-        save(manager, step, state, data_iterator)
-        manager.wait_until_finished()
-
-
 INCOMPLETE = "incomplete_checkpoints"  # a run directory's folder for saves that never finished
 
 

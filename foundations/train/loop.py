@@ -2,7 +2,8 @@
 
 `train(config, run_dir)` is what `foundations train` runs. A run directory holds the resolved
 config, metrics.jsonl, TensorBoard events and Orbax checkpoints; running again on the same
-directory continues from the latest checkpoint with the same data order and random numbers.
+directory continues from the latest complete checkpoint with the same data order and random
+numbers, so a run stopped by SIGTERM (pre-emption) or killed outright picks up where it was.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
           after_training=None) -> dict:
     """Trains to config.train.steps (resuming from run_dir's checkpoints); returns a summary.
 
-    `stop_at` ends the run early after that step with a checkpoint, as a preemption would.
+    SIGTERM or SIGINT end it after the step in flight with a checkpoint, raising TrainingStopped
+    (train/preemption.py). `stop_at` ends the run early after that step with a checkpoint too.
     `data` reuses already tokenized text; `after_training(trainer, state, data) -> dict` adds
     its entries to the summary (a sweep's probe, say)."""
     run_dir = Path(run_dir)
@@ -101,7 +103,6 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                 timer_steps += 1
             stopping = stop.agreed()
             last = step == tc.steps or step == stop_at
-            save_now = (config.checkpoint.every and step % config.checkpoint.every == 0) or last
             evaluate_now = ((tc.eval_every and step % tc.eval_every == 0) or last) and not stopping
             if step % tc.log_every == 0 or evaluate_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -126,15 +127,14 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}",
                                 tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}", refresh=False)
-            if stopping:
-                checkpoint.save_now(manager, step, state, iterator)
-            elif save_now:
+            if (config.checkpoint.every and step % config.checkpoint.every == 0) or last \
+                    or stopping:
                 checkpoint.save(manager, step, state, iterator)
             bar.update(1)
             if step == stop_at or stopping:
                 break
         bar.close()
-        manager.wait_until_finished()
+        manager.wait_until_finished()  # a stopped run's checkpoint is on disk before it ends
     manager.close()
     writer.close()
     if stopping:
