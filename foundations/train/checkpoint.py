@@ -32,13 +32,6 @@ def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.Checkp
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
-    items = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    manager.save(step, args=ocp.args.Composite(**items))
-
-
 INCOMPLETE = "incomplete_checkpoints"  # a run directory's folder for saves that never finished
 
 
@@ -53,6 +46,13 @@ def set_aside_incomplete(run_dir: str | Path) -> list[Path]:
         shutil.move(path, target)
         moved.append(target)
     return moved
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    manager.save(step, args=ocp.args.Composite(**items))
 
 
 def abstract_like(state, shardings):
