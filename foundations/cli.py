@@ -1,7 +1,8 @@
 """`foundations` command line: train, eval, generate (and the other issues' sub-commands).
 
 Configuration problems (unknown key, wrong type, a batch that does not divide the mesh, a missing
-or non-UTF-8 data file, a corrupt checkpoint) print one line naming the problem and exit 2.
+or non-UTF-8 data file, a corrupt checkpoint) print one line naming the problem and exit 2. A run
+stopped by SIGTERM or SIGINT prints where it stopped and exits 0.
 """
 
 from __future__ import annotations
@@ -167,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         # light imports only: `compile` sets XLA_FLAGS before anything imports JAX
         from foundations.config import CheckpointError
         from foundations.scaling.results import ResultsError
+        from foundations.train.preemption import TrainingStopped
         args.func(args)
     except (ConfigError, ResultsError) as e:
         print(f"foundations {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:  # SIGTERM/SIGINT: the checkpoint is written, a rerun resumes
+        print(f"foundations {args.command}: {e}", flush=True)
+        return 0
     except (ValueError, OSError) as e:
         if args.command != "tokenize":  # elsewhere these are bugs: keep their traceback
             raise

@@ -3,12 +3,17 @@
 One `CheckpointManager` per run directory: asynchronous saves every N steps, the last K kept.
 Restoring takes an abstract state whose leaves carry the *target* shardings, so a checkpoint
 written on one mesh shape loads onto another.
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only once it is
+complete, so a process killed mid-save (even `kill -9`) leaves the last complete step as
+`latest_step()`; `set_aside_incomplete` moves the unfinished directory out of the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +29,22 @@ def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.Checkp
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
                                            enable_async_checkpointing=cfg.async_save)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
+
+
+INCOMPLETE = "incomplete_checkpoints"  # a run directory's folder for saves that never finished
+
+
+def set_aside_incomplete(run_dir: str | Path) -> list[Path]:
+    """Moves the unfinished saves in run_dir/checkpoints (left by a process killed while saving)
+    to run_dir/incomplete_checkpoints, so that nothing is deleted; returns their new paths."""
+    checkpoints, aside = Path(run_dir) / "checkpoints", Path(run_dir) / INCOMPLETE
+    moved = []
+    for path in sorted(checkpoints.glob(f"*{ocp.path.atomicity_types.TMP_DIR_SUFFIX}*")):
+        target = aside / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(exist_ok=True)
+        shutil.move(path, target)
+        moved.append(target)
+    return moved
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:

@@ -2,7 +2,8 @@
 
 `train(config, run_dir)` is what `foundations train` runs. A run directory holds the resolved
 config, metrics.jsonl, TensorBoard events and Orbax checkpoints; running again on the same
-directory continues from the latest checkpoint with the same data order and random numbers.
+directory continues from the latest complete checkpoint with the same data order and random
+numbers, so a run stopped by SIGTERM (pre-emption) or killed outright picks up where it was.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from foundations.inference.generate import generate
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
 from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
+from foundations.train.preemption import StopSignals, TrainingStopped
 from foundations.train.trainer import Trainer
 from foundations.train.warm_start import params_from_run
 
@@ -55,7 +57,8 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
           after_training=None) -> dict:
     """Trains to config.train.steps (resuming from run_dir's checkpoints); returns a summary.
 
-    `stop_at` ends the run early after that step with a checkpoint, as a preemption would.
+    SIGTERM or SIGINT end it after the step in flight with a checkpoint, raising TrainingStopped
+    (train/preemption.py). `stop_at` ends the run early after that step with a checkpoint too.
     `data` reuses already tokenized text; `after_training(trainer, state, data) -> dict` adds
     its entries to the summary (a sweep's probe, say)."""
     run_dir = Path(run_dir)
@@ -64,6 +67,9 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     tc = config.train
     iterator = train_iterator(data.train_tokens, config.data.seq_len, tc.batch_size,
                               config.data.shuffle_seed, jax.process_index(), jax.process_count())
+    if jax.process_index() == 0:
+        for path in checkpoint.set_aside_incomplete(run_dir):
+            log(f"a save that never finished (the run was killed during it) moved to {path}")
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     start = manager.latest_step() or 0
     if start:
@@ -88,49 +94,54 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     peak = peak_flops_per_device(tc.peak_flops) * trainer.mesh.size
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, desc="train")
-    timer_start, timer_steps, val = None, 0, {}
-    for step in range(start + 1, tc.steps + 1):
-        batch = trainer.put_batch(next(iterator), step)
-        state, metrics = trainer.train_step(state, batch)
-        if timer_start is None:  # the first step compiles; time from the end of it
-            jax.block_until_ready(metrics)
-            timer_start, timer_steps = time.perf_counter(), 0
-        else:
-            timer_steps += 1
-        last = step == tc.steps or step == stop_at
-        evaluate_now = (tc.eval_every and step % tc.eval_every == 0) or last
-        if step % tc.log_every == 0 or evaluate_now:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - timer_start
-            if timer_steps:
-                tps = timer_steps * tokens_per_step / elapsed
-                metrics["tokens_per_sec"] = tps
-                metrics["model_flops_per_sec"] = tps * trainer.flops_per_token
-                if peak:
-                    metrics["mfu"] = tps * trainer.flops_per_token / peak
+    timer_start, timer_steps, val, stopping = None, 0, {}, False
+    with StopSignals() as stop:  # SIGTERM/SIGINT: finish this step, checkpoint, stop
+        for step in range(start + 1, tc.steps + 1):
+            batch = trainer.put_batch(next(iterator), step)
+            state, metrics = trainer.train_step(state, batch)
+            if timer_start is None:  # the first step compiles; time from the end of it
+                jax.block_until_ready(metrics)
                 timer_start, timer_steps = time.perf_counter(), 0
-            metrics["tokens"] = step * tokens_per_step
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; "
-                                         "lower optimizer.lr or raise schedule.warmup_steps")
-            if evaluate_now:
-                val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
-                               tc.batch_size, tc.eval_batches)
-                metrics.update(val)
-                log(f"step {step}: {describe(val)}")
-                timer_start = None  # evaluation time is not training time
-            writer.write(step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                            tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}", refresh=False)
-        if (config.checkpoint.every and step % config.checkpoint.every == 0) or last:
-            checkpoint.save(manager, step, state, iterator)
-        bar.update(1)
-        if step == stop_at:
-            break
-    bar.close()
-    manager.wait_until_finished()
+            else:
+                timer_steps += 1
+            stopping = stop.agreed()
+            last = step == tc.steps or step == stop_at
+            evaluate_now = ((tc.eval_every and step % tc.eval_every == 0) or last) and not stopping
+            if step % tc.log_every == 0 or evaluate_now:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - timer_start
+                if timer_steps:
+                    tps = timer_steps * tokens_per_step / elapsed
+                    metrics["tokens_per_sec"] = tps
+                    metrics["model_flops_per_sec"] = tps * trainer.flops_per_token
+                    if peak:
+                        metrics["mfu"] = tps * trainer.flops_per_token / peak
+                    timer_start, timer_steps = time.perf_counter(), 0
+                metrics["tokens"] = step * tokens_per_step
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; "
+                                             "lower optimizer.lr or raise schedule.warmup_steps")
+                if evaluate_now:
+                    val = evaluate(trainer, state["params"], data.val_tokens,
+                                   data.bytes_per_token, tc.batch_size, tc.eval_batches)
+                    metrics.update(val)
+                    log(f"step {step}: {describe(val)}")
+                    timer_start = None  # evaluation time is not training time
+                writer.write(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                tok_s=f"{metrics.get('tokens_per_sec', 0):,.0f}", refresh=False)
+            if (config.checkpoint.every and step % config.checkpoint.every == 0) or last \
+                    or stopping:
+                checkpoint.save(manager, step, state, iterator)
+            bar.update(1)
+            if step == stop_at or stopping:
+                break
+        bar.close()
+        manager.wait_until_finished()  # a stopped run's checkpoint is on disk before it ends
     manager.close()
     writer.close()
+    if stopping:
+        raise TrainingStopped(step, run_dir / "checkpoints" / str(step), stop.reason)
 
     if not val:  # nothing left to train: report on the restored model
         val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,

@@ -36,7 +36,7 @@ class MetricsWriter:
         self.tb = None
         if not self.enabled:
             return
-        if resume_step and self.path.exists():  # drop lines logged after the restored checkpoint
+        if self.path.exists():  # drop lines logged after the restored checkpoint (or all of them)
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
