@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from foundations.config import Config, ConfigError
-from foundations.convert.hf_config import config_from_hf, hf_config
+from foundations.convert.hf_config import config_from_hf, hf_config, model_differences
 from foundations.convert.weights import params_from_tensors, tensors_from_params
 
 __all__ = ["HFModel", "from_hf", "to_hf", "merge_lora", "read_safetensors"]
@@ -129,17 +129,10 @@ def cast(params: dict, config: Config) -> dict:
 
 def checked_hf_config(model: HFModel) -> dict:
     """config.json of the model; refuses (naming the key) settings transformers cannot express."""
-    from foundations.config import flat_settings
     hf = hf_config(model.config, model.hf)
-    again = config_from_hf(hf)
-    ignored = ("model.dropout", "model.init_std", "model.vocab_multiple", "model.dtype",
-               "model.param_dtype", "model.attention_impl", "model.remat",
-               "model.moe.z_loss_coef", "model.moe.aux_loss_coef")
-    ours, theirs = flat_settings(model.config), flat_settings(again)
-    for key, value in ours.items():
-        if key.startswith("model.") and key not in ignored and theirs.get(key) != value:
-            raise ConfigError(f"to_hf: {key}={value!r} has no transformers equivalent "
-                              f"(a {hf['model_type']} model has {theirs.get(key)!r})")
+    for key, ours, theirs in model_differences(model.config, config_from_hf(hf))[:1]:
+        raise ConfigError(f"to_hf: {key}={ours!r} has no transformers equivalent "
+                          f"(a {hf['model_type']} model has {theirs!r})")
     return hf
 
 

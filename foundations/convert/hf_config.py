@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundations.config import Config, ConfigError, config_from_tree
+from foundations.config import Config, ConfigError, config_from_tree, flat_settings
 
 FAMILY = {"gpt2": "decoder", "llama": "decoder", "mistral": "decoder", "mixtral": "decoder",
           "bert": "encoder", "t5": "encdec"}
@@ -133,6 +133,23 @@ def config_from_hf(hf: dict, tokenizer: str = "byte") -> Config:
     return config_from_tree(tree)
 
 
+# Settings that do not change what a model computes at inference.
+NOT_MATH = ("model.dropout", "model.init_std", "model.vocab_multiple", "model.dtype",
+            "model.param_dtype", "model.attention_impl", "model.remat", "model.moe.z_loss_coef",
+            "model.moe.aux_loss_coef")
+
+
+def model_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
+    """(key, a's value, b's value) for each model.* setting that changes the math."""
+    ours, theirs = flat_settings(a), flat_settings(b)
+    return [(key, value, theirs.get(key)) for key, value in ours.items()
+            if key.startswith("model.") and key not in NOT_MATH and theirs.get(key) != value]
+
+
+def same_model(a: Config, b: Config) -> bool:
+    return not model_differences(a, b)
+
+
 def hf_config(config: Config, original: dict | None = None) -> dict:
     """config.json for `config`: the original mapping (if any) with every mapped knob written
     from the config, so that transformers builds the same model."""
@@ -143,7 +160,9 @@ def hf_config(config: Config, original: dict | None = None) -> dict:
     hf = dict(original or {})
     hf.setdefault("architectures", [ARCHITECTURE[model_type]])
     hf.update(model_type=model_type, vocab_size=m.vocab_size)
-    act = {v: k for k, v in ACTIVATIONS.items()}[m.mlp] if m.mlp in ACTIVATIONS.values() else None
+    if original and same_model(config_from_hf(original), config):
+        return dict(original)   # nothing to write: keep the file as it was
+    act = next((name for name, kind in ACTIVATIONS.items() if kind == m.mlp), None)
     if model_type == "gpt2":
         hf.update(n_embd=m.d_model, n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.d_ff,
                   n_positions=m.max_seq_len, layer_norm_epsilon=m.norm_eps,
@@ -153,11 +172,13 @@ def hf_config(config: Config, original: dict | None = None) -> dict:
                   num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
                   head_dim=m.head_dim, intermediate_size=m.d_ff,
                   max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps,
-                  hidden_act="silu", tie_word_embeddings=m.tie_embeddings,
-                  rope_theta=p.theta, attention_bias=False)
-        hf["rope_scaling"] = ({"rope_type": "linear", "factor": p.factor}
-                              if p.scaling == "linear" else None)
-        hf.pop("rope_parameters", None)
+                  hidden_act="silu", tie_word_embeddings=m.tie_embeddings, attention_bias=False)
+        rope = ({"rope_type": "linear", "factor": p.factor} if p.scaling == "linear"
+                else {"rope_type": "default"})
+        if "rope_parameters" in hf:   # the layout of transformers >= 5
+            hf["rope_parameters"] = {**rope, "rope_theta": p.theta}
+        else:
+            hf.update(rope_theta=p.theta, rope_scaling=rope if p.scaling == "linear" else None)
         if m.local_window_size:
             hf["sliding_window"] = m.local_window_size
         if m.moe.num_experts:
