@@ -138,12 +138,13 @@ def checked_hf_config(model: HFModel) -> dict:
 
 def to_hf(model: HFModel, params: dict, out_dir: str | Path) -> Path:
     """Writes config.json + model.safetensors (HF names and layouts) that transformers loads."""
+    import flax.linen as nn
     import jax
     from safetensors.numpy import save_file
     hf = checked_hf_config(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tree = jax.device_get(params["params"] if "params" in params else params)
+    tree = jax.device_get(nn.unbox(params["params"] if "params" in params else params))
     tensors = tensors_from_params(tree, model.config)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")

@@ -50,6 +50,20 @@ def save(model, out: Path, **arrays) -> None:
     np.savez(out / "reference.npz", **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+def save_text_ids(out: Path) -> None:
+    """TEXT's ids by transformers' fast tokenizer (tokenizer.json) or sentencepiece
+    (tokenizer.model), without special tokens: what our tokenizer must give."""
+    if (out / "tokenizer.json").is_file():
+        tok = tf.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+        text_ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    else:
+        import sentencepiece as spm
+        text_ids = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model")).encode(TEXT)
+    with np.load(out / "reference.npz") as ref:
+        arrays = dict(ref)
+    np.savez(out / "reference.npz", **arrays, text_ids=np.asarray(text_ids))
+
+
 def logits_of(model, **inputs) -> np.ndarray:
     with torch.no_grad():
         return model(**{k: torch.as_tensor(v) for k, v in inputs.items()}).logits.numpy()
@@ -142,6 +156,7 @@ def mixtral() -> None:
     randomize(model, 2)
     x = ids(2, 128, (2, 16))
     save(model, out, input_ids=x, logits=logits_of(model, input_ids=x))
+    spm_tokenizer(out, 128)
 
 
 def bert() -> None:
@@ -182,5 +197,6 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     for make in (gpt2, llama, mixtral, bert, t5):
         make()
+        save_text_ids(HERE / make.__name__)
     total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
     print(f"tests/data/hf: {total / 1e3:.0f} kB")
