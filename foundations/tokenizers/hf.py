@@ -30,6 +30,8 @@ class HFTokenizer:
             self.tokenizer = Tokenizer.from_file(str(self.path))
         except Exception as error:  # the library raises a bare Exception for a bad file
             raise ValueError(f"{self.path}: not a Hugging Face tokenizer.json ({error})") from None
+        self.tokenizer.no_padding()     # a file may ask for fixed-length rows: encode as is
+        self.tokenizer.no_truncation()
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.special_tokens = {token.content: i for i, token in
                                self.tokenizer.get_added_tokens_decoder().items() if token.special}
