@@ -14,7 +14,8 @@ from foundations.config import ConfigError
 from foundations.convert import from_hf, merge_lora, to_hf
 
 DATA = Path(__file__).parent / "data" / "hf"
-FAMILIES = ["gpt2", "llama", "mixtral", "bert", "t5"]
+FAMILIES = ["gpt2", "llama", "mixtral", "bert", "t5", "t5_gated"]
+WITH_TOKENIZER = FAMILIES[:5]
 # make_references.py's TEXT, whose ids the reference tokenizers saved
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
         "First Citizen: You are all resolved rather to die than to famish? All: Resolved. "
@@ -60,6 +61,7 @@ def test_mapped_knobs(converted):
     t5 = converted["t5"][0].config.model
     assert (t5.positions.buckets, t5.positions.max_distance, t5.num_decoder_layers,
             t5.scale_attention, t5.mlp) == (8, 16, 3, False, "relu")
+    assert converted["t5_gated"][0].config.model.mlp == "geglu"
     assert converted["bert"][0].config.model.mlp == "gelu_exact"
     assert converted["gpt2"][0].config.model.mlp == "gelu"
     moe = converted["mixtral"][0].config.model.moe
@@ -195,7 +197,7 @@ def test_lora_refusals(tmp_path):
         from_hf(DATA / "llama", adapter=tmp_path / "a")
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", WITH_TOKENIZER)
 def test_tokenizer_gives_transformers_ids(name, tmp_path):
     from foundations.convert.run import hf_tokenizer
     from foundations.tokenizers import load_tokenizer

@@ -103,6 +103,8 @@ def t5_model(hf: dict) -> dict:
     proj = need(hf, "feed_forward_proj", tuple(T5_MLPS), "relu")
     if proj == "gated-gelu":   # transformers turns "gated-gelu" into gelu_new
         need(hf, "dense_act_fn", ("gelu_new",), "gelu_new")
+    if hf.get("tie_word_embeddings", True):  # transformers 5: tied, but maybe unscaled
+        need(hf, "scale_decoder_outputs", (True,), True)
     return {"d_model": hf["d_model"], "num_layers": hf["num_layers"],
             "num_decoder_layers": hf.get("num_decoder_layers") or hf["num_layers"],
             "num_heads": hf["num_heads"], "head_dim": hf["d_kv"], "d_ff": hf["d_ff"],

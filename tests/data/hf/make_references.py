@@ -115,16 +115,16 @@ def llama() -> None:
     """GQA (4 query heads, 2 kv heads), head_dim 16 != 32/4, rope_theta 5e5 with linear
     scaling, an untied head."""
     out = fresh("llama")
-    cfg = tf.LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=64,
+    cfg = tf.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-5,
                          rope_theta=5e5, rope_scaling={"rope_type": "linear", "factor": 2.0},
                          tie_word_embeddings=False)
     model = tf.LlamaForCausalLM(cfg).eval()
     randomize(model, 1)
-    x = ids(1, 200, (2, 16))
+    x = ids(1, 128, (2, 16))
     save(model, out, input_ids=x, logits=logits_of(model, input_ids=x))
-    spm_tokenizer(out, 200)
+    spm_tokenizer(out, 128)
     lora(model, x)
 
 
@@ -147,7 +147,7 @@ def lora(base, x) -> None:
 
 def mixtral() -> None:
     out = fresh("mixtral")
-    cfg = tf.MixtralConfig(vocab_size=128, hidden_size=32, intermediate_size=48,
+    cfg = tf.MixtralConfig(vocab_size=128, hidden_size=32, intermediate_size=32,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64, num_local_experts=4,
                            num_experts_per_tok=2, rms_norm_eps=1e-5, rope_theta=1e6,
@@ -193,10 +193,25 @@ def t5() -> None:
     unigram_tokenizer(out, 120)
 
 
+def t5_gated() -> None:
+    """T5 v1.1's feed-forward: gated-gelu, gelu_new(wi_0 x) * wi_1 x; one layer each."""
+    out = fresh("t5_gated")
+    cfg = tf.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                      feed_forward_proj="gated-gelu",
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = tf.T5ForConditionalGeneration(cfg).eval()
+    randomize(model, 6)
+    x, dec = ids(6, 64, (2, 20)), ids(7, 64, (2, 7))
+    save(model, out, input_ids=x, decoder_input_ids=dec,
+         logits=logits_of(model, input_ids=x, decoder_input_ids=dec))
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     for make in (gpt2, llama, mixtral, bert, t5):
         make()
         save_text_ids(HERE / make.__name__)
+    t5_gated()
     total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
     print(f"tests/data/hf: {total / 1e3:.0f} kB")
