@@ -115,6 +115,17 @@ def test_to_hf_refuses_a_setting_transformers_lacks(converted, tmp_path):
         to_hf(HFModel(alibi), params, tmp_path)
 
 
+def test_bfloat16_checkpoint_round_trips_bit_equal(tmp_path):
+    import ml_dtypes
+    source = broken_copy("gpt2", tmp_path / "bf16", config={"dtype": "bfloat16"},
+                         tensors=lambda t: {k: v.astype(ml_dtypes.bfloat16) for k, v in t.items()})
+    model, params = from_hf(source)
+    to_hf(model, params, tmp_path / "out")
+    written, original = (load_file(d / "model.safetensors") for d in (tmp_path / "out", source))
+    assert all(written[k].dtype == ml_dtypes.bfloat16 and
+               written[k].tobytes() == original[k].tobytes() for k in original)
+
+
 def test_sharded_checkpoint_loads_like_one_file(converted, tmp_path):
     tensors = load_file(DATA / "gpt2" / "model.safetensors")
     names = sorted(tensors)
@@ -137,6 +148,7 @@ def test_sharded_checkpoint_loads_like_one_file(converted, tmp_path):
 
 def broken_copy(name: str, tmp_path: Path, tensors=None, config=None) -> Path:
     """A copy of a reference model with its tensors and/or config.json changed."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     shutil.copy(DATA / name / "config.json", tmp_path)
     if config:
         hf = json.loads((tmp_path / "config.json").read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from foundations.config import Config, ConfigError
@@ -136,6 +137,9 @@ def checked_hf_config(model: HFModel) -> dict:
     return hf
 
 
+STORED_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
 def to_hf(model: HFModel, params: dict, out_dir: str | Path) -> Path:
     """Writes config.json + model.safetensors (HF names and layouts) that transformers loads."""
     import flax.linen as nn
@@ -146,6 +150,9 @@ def to_hf(model: HFModel, params: dict, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tree = jax.device_get(nn.unbox(params["params"] if "params" in params else params))
     tensors = tensors_from_params(tree, model.config)
+    stored = STORED_DTYPES.get(hf.get("dtype") or hf.get("torch_dtype"))
+    if stored is not None:  # the checkpoint's own dtype (bfloat16 -> float32 -> back is exact)
+        tensors = {k: v.astype(stored) for k, v in tensors.items()}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from foundations.config import Config, ConfigError
@@ -229,6 +230,11 @@ def expand(rule: Rule, layers: int, experts: int) -> list[list[str]]:
     return [[n.format(e=e) for e in range(experts)] if "{e}" in n else [n] for n in names]
 
 
+def is_float(dtype: np.dtype) -> bool:
+    """float16/32/64 or bfloat16 (ml_dtypes' bfloat16 is not a numpy float kind)."""
+    return dtype.kind == "f" or dtype == ml_dtypes.bfloat16
+
+
 def to_ours(value: np.ndarray, rule: Rule, shape: tuple[int, ...]) -> np.ndarray:
     return (value.T if rule.linear else value).reshape(shape)
 
@@ -279,7 +285,7 @@ def params_from_tensors(tensors: dict, config: Config, shapes: dict, source: str
                 if tuple(value.shape) != rule.shape:
                     raise ConfigError(f"{source}: tensor {name} has shape {tuple(value.shape)}, "
                                       f"expected {rule.shape}")
-                if value.dtype.kind != "f" or (dtype is not None and value.dtype != dtype):
+                if not is_float(value.dtype) or (dtype is not None and value.dtype != dtype):
                     raise ConfigError(f"{source}: tensor {name} has dtype {value.dtype}, "
                                       f"expected {dtype or 'a float dtype'}")
                 dtype = value.dtype
