@@ -158,6 +158,13 @@ def broken_copy(name: str, tmp_path: Path, tensors=None, config=None) -> Path:
     return tmp_path
 
 
+def test_a_tied_copy_that_differs_is_refused(tmp_path):
+    def untied(t):
+        return {**t, "lm_head.weight": t["transformer.wte.weight"] + 1}
+    with pytest.raises(ConfigError, match="tensor lm_head.weight differs from transformer.wte"):
+        from_hf(broken_copy("gpt2", tmp_path, tensors=untied))
+
+
 LLAMA_Q0 = "model.layers.0.self_attn.q_proj.weight"
 
 

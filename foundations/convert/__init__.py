@@ -39,24 +39,21 @@ class HFModel:
 
     def _call(self, params, input_ids, attention_mask, token_type_ids, decoder_input_ids,
               method):
-        import jax.numpy as jnp
         family = self.config.model.family
+        if method is not None and (method != "encode" or family != "encoder"):
+            raise ValueError(f"method={method!r}: only BERT has one, method='encode'")
         padding = None if attention_mask is None else attention_mask.astype(bool)
         if family == "encoder":
             out = self.module.apply(params, input_ids, token_type_ids, padding)
             return out["hidden"] if method == "encode" else out["logits"]
-        if method is not None:
-            raise ValueError(f"method={method!r}: only BERT has method='encode'")
         if family == "encdec":
             if decoder_input_ids is None:
                 raise ValueError("T5 needs decoder_input_ids")
             return self.module.apply(params, input_ids, decoder_input_ids, padding)
-        mask = None
-        if padding is not None:  # causal and not a padding key
-            length = input_ids.shape[1]
-            causal = jnp.tril(jnp.ones((length, length), bool))
-            mask = causal[None, None] & padding[:, None, None, :]
-        return self.module.apply(params, input_ids, mask=mask)
+        if padding is not None:
+            raise ValueError("attention_mask is for BERT and T5; a decoder's padded prompts "
+                             "go through foundations.inference")
+        return self.module.apply(params, input_ids)
 
     def apply(self, params, input_ids, attention_mask=None, token_type_ids=None,
               decoder_input_ids=None, method=None):

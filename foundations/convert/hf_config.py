@@ -89,6 +89,7 @@ def gpt2_model(hf: dict) -> dict:
 
 def bert_model(hf: dict) -> dict:
     need(hf, "position_embedding_type", ("absolute",), "absolute")
+    need(hf, "is_decoder", (False,), False)
     act = need(hf, "hidden_act", tuple(ACTIVATIONS), "gelu")
     need(hf, "tie_word_embeddings", (True,), True)
     return {"d_model": hf["hidden_size"], "num_layers": hf["num_hidden_layers"],

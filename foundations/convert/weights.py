@@ -178,13 +178,26 @@ def rules_for(config: Config) -> list[Rule]:
     return rules
 
 
-# Tensors a checkpoint may hold beyond the rules: buffers and copies of tied weights.
+# Copies of the token embedding some files keep although config.json ties them to it.
+TIED_COPIES = ("lm_head.weight", "cls.predictions.decoder.weight", "encoder.embed_tokens.weight",
+               "decoder.embed_tokens.weight")
+
+
 def ignorable(name: str) -> bool:
-    return (name.endswith((".attn.bias", ".attn.masked_bias", "embeddings.position_ids",
-                           "rotary_emb.inv_freq"))
-            or name in ("lm_head.weight", "cls.predictions.decoder.weight",
-                        "cls.predictions.decoder.bias", "encoder.embed_tokens.weight",
-                        "decoder.embed_tokens.weight"))
+    """Buffers a checkpoint may hold beyond the rules (masks, position ids, rotary tables) and
+    the decoder bias BERT ties to cls.predictions.bias."""
+    return name.endswith((".attn.bias", ".attn.masked_bias", "embeddings.position_ids",
+                          "rotary_emb.inv_freq")) or name == "cls.predictions.decoder.bias"
+
+
+def check_tied_copies(tensors: dict, unused: set[str], embedding: str, source: str) -> set[str]:
+    """The tied copies among the `unused` tensors, each refused unless it equals the embedding."""
+    copies = {name for name in TIED_COPIES if name in unused}
+    for name in sorted(copies):
+        if not np.array_equal(tensors[name], tensors[embedding]):
+            raise ConfigError(f"{source}: tensor {name} differs from {embedding}, but "
+                              "config.json ties them (tie_word_embeddings)")
+    return copies
 
 
 PREFIXES = {"gpt2": "transformer.", "bert": "bert."}
@@ -297,6 +310,8 @@ def params_from_tensors(tensors: dict, config: Config, shapes: dict, source: str
         inner = target[("{i}" in rule.hf) + ("{e}" in rule.hf):]
         value = np.asarray([to_ours(v, rule, inner) for v in value.reshape(-1, *rule.shape)])
         set_path(params, rule.ours, value.reshape(target))
+    embedding = rules_for(config)[0].hf   # every table starts with the token embedding
+    used |= check_tied_copies(tensors, set(tensors) - used, embedding, source)
     extra = sorted(n for n in set(tensors) - used if not ignorable(n))
     if extra:
         raise ConfigError(f"{source}: unexpected tensor {extra[0]} {tuple(tensors[extra[0]].shape)}"
