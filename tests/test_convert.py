@@ -270,10 +270,14 @@ def _one_device_mesh(config):
     return make_mesh(config.mesh, jax.devices()[:1])
 
 
-def test_cli_refuses_an_existing_run(tmp_path, capsys):
+def test_cli_refuses_an_existing_run_and_a_missing_tokenizer(tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     assert cli("convert", "from-hf", DATA / "gpt2", "--run-dir", tmp_path / "run") == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+    bare = broken_copy("t5_gated", tmp_path / "bare")
+    assert cli("convert", "from-hf", bare, "--run-dir", tmp_path / "run2") == 2
+    assert "has neither tokenizer.json nor tokenizer.model" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_all_minilm_sentence_embeddings_equal_sentence_transformers():

@@ -1,4 +1,5 @@
-"""`foundations convert from-hf DIR --run-dir OUT` and `foundations convert to-hf --run-dir RUN OUT`."""
+"""`foundations convert from-hf DIR --run-dir OUT` and `foundations convert to-hf --run-dir RUN
+OUT`: Hugging Face directories to run directories and back (convert/run.py)."""
 
 from __future__ import annotations
 

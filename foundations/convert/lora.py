@@ -22,7 +22,8 @@ PEFT_PREFIX = "base_model.model."
 def read_adapter(directory: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     from safetensors.numpy import load_file
     directory = Path(directory)
-    config_file, weights = directory / "adapter_config.json", directory / "adapter_model.safetensors"
+    config_file = directory / "adapter_config.json"
+    weights = directory / "adapter_model.safetensors"
     for path in (config_file, weights):
         if not path.is_file():
             raise ConfigError(f"adapter {directory}: {path.name} does not exist")

@@ -21,14 +21,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".n
 
 def hf_tokenizer(directory: Path):
     """The tokenizer a transformers directory ships: tokenizer.json (tokenizers library) or a
-    SentencePiece tokenizer.model; None when it has neither."""
+    SentencePiece tokenizer.model."""
     from foundations.tokenizers.hf import HFTokenizer
     from foundations.tokenizers.spm import SentencePieceTokenizer
     if (directory / "tokenizer.json").is_file():
         return HFTokenizer(directory / "tokenizer.json")
     if (directory / "tokenizer.model").is_file():
         return SentencePieceTokenizer(directory / "tokenizer.model")
-    return None
+    raise ConfigError(f"{directory} has neither tokenizer.json nor tokenizer.model: a run "
+                      "directory needs the model's own tokenizer")
 
 
 def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | None = None) -> dict:
@@ -42,9 +43,8 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | Non
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds checkpoints; choose a new --run-dir")
     tokenizer = hf_tokenizer(hf_dir)
-    spec = "byte" if tokenizer is None else str(run_dir / RUN_TOKENIZER)
-    if tokenizer is not None:
-        tokenizer.save(run_dir / RUN_TOKENIZER)
+    spec = str(run_dir / RUN_TOKENIZER)
+    tokenizer.save(spec)
     model, params = from_hf(hf_dir, adapter=adapter, tokenizer=spec)
     config = model.config
     trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, jax.devices()[:1]))
@@ -62,7 +62,7 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | Non
                 and path.name != "model.safetensors.index.json":
             shutil.copy2(path, keep / path.name)
     return {"family": config.model.family, "parameters": trainer.counts.total,
-            "tokenizer": getattr(tokenizer, "kind", "byte")}
+            "tokenizer": tokenizer.kind}
 
 
 def run_to_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
