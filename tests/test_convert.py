@@ -14,7 +14,7 @@ from foundations.config import ConfigError
 from foundations.convert import from_hf, merge_lora, to_hf
 
 DATA = Path(__file__).parent / "data" / "hf"
-FAMILIES = ["gpt2", "llama", "mixtral", "bert", "t5", "t5_gated"]
+FAMILIES = ["gpt2", "llama", "mixtral", "bert", "t5", "t5_gated", "mistral"]
 WITH_TOKENIZER = FAMILIES[:5]
 # make_references.py's TEXT, whose ids the reference tokenizers saved
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
@@ -60,10 +60,12 @@ def test_mapped_knobs(converted):
         (5e5, "linear", 2.0)
     t5 = converted["t5"][0].config.model
     assert (t5.positions.buckets, t5.positions.max_distance, t5.num_decoder_layers,
-            t5.scale_attention, t5.mlp) == (8, 16, 3, False, "relu")
+            t5.scale_attention, t5.mlp) == (8, 16, 2, False, "relu")
     assert converted["t5_gated"][0].config.model.mlp == "geglu"
     assert converted["bert"][0].config.model.mlp == "gelu_exact"
     assert converted["gpt2"][0].config.model.mlp == "gelu"
+    mistral = converted["mistral"][0].config.model
+    assert (mistral.num_kv_heads, mistral.local_window_size) == (1, 6)
     moe = converted["mixtral"][0].config.model.moe
     assert (moe.num_experts, moe.experts_per_token, moe.capacity_factor) == (4, 2, 0.0)
 

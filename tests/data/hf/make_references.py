@@ -102,11 +102,11 @@ def spm_tokenizer(out: Path, vocab: int) -> None:
 
 def gpt2() -> None:
     out = fresh("gpt2")
-    cfg = tf.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+    cfg = tf.GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                         activation_function="gelu_new", layer_norm_epsilon=1e-5)
     model = tf.GPT2LMHeadModel(cfg).eval()
     randomize(model, 0)
-    x = ids(0, 300, (2, 16))
+    x = ids(0, 300, (2, 12))
     save(model, out, input_ids=x, logits=logits_of(model, input_ids=x))
     bpe_tokenizer(out, 300)
 
@@ -115,7 +115,7 @@ def llama() -> None:
     """GQA (4 query heads, 2 kv heads), head_dim 16 != 32/4, rope_theta 5e5 with linear
     scaling, an untied head."""
     out = fresh("llama")
-    cfg = tf.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+    cfg = tf.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=32,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-5,
                          rope_theta=5e5, rope_scaling={"rope_type": "linear", "factor": 2.0},
@@ -147,16 +147,29 @@ def lora(base, x) -> None:
 
 def mixtral() -> None:
     out = fresh("mixtral")
-    cfg = tf.MixtralConfig(vocab_size=128, hidden_size=32, intermediate_size=32,
+    cfg = tf.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=32,
                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64, num_local_experts=4,
                            num_experts_per_tok=2, rms_norm_eps=1e-5, rope_theta=1e6,
                            sliding_window=None, tie_word_embeddings=False)
     model = tf.MixtralForCausalLM(cfg).eval()
     randomize(model, 2)
-    x = ids(2, 128, (2, 16))
+    x = ids(2, 64, (2, 16))
     save(model, out, input_ids=x, logits=logits_of(model, input_ids=x))
-    spm_tokenizer(out, 128)
+    spm_tokenizer(out, 64)
+
+
+def mistral() -> None:
+    """Multi-query attention (1 kv head) and a sliding window of 6 over 16 tokens."""
+    out = fresh("mistral")
+    cfg = tf.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=32,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                           max_position_embeddings=64, sliding_window=6, rms_norm_eps=1e-6,
+                           tie_word_embeddings=True)
+    model = tf.MistralForCausalLM(cfg).eval()
+    randomize(model, 8)
+    x = ids(8, 64, (2, 16))
+    save(model, out, input_ids=x, logits=logits_of(model, input_ids=x))
 
 
 def bert() -> None:
@@ -179,10 +192,10 @@ def bert() -> None:
 
 def t5() -> None:
     """8 buckets up to distance 16: a 20-token input reaches the logarithmic and last buckets;
-    3 decoder layers against 2 encoder layers; d_kv 4 != 32/4."""
+    2 decoder layers against 1 encoder layer; d_kv 4 != 32/4."""
     out = fresh("t5")
-    cfg = tf.T5Config(vocab_size=120, d_model=32, d_kv=4, d_ff=32, num_layers=2,
-                      num_decoder_layers=3, num_heads=4, relative_attention_num_buckets=8,
+    cfg = tf.T5Config(vocab_size=120, d_model=32, d_kv=4, d_ff=32, num_layers=1,
+                      num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
                       relative_attention_max_distance=16, feed_forward_proj="relu",
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     model = tf.T5ForConditionalGeneration(cfg).eval()
@@ -213,5 +226,6 @@ if __name__ == "__main__":
         make()
         save_text_ids(HERE / make.__name__)
     t5_gated()
+    mistral()
     total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
     print(f"tests/data/hf: {total / 1e3:.0f} kB")
