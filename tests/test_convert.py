@@ -310,3 +310,12 @@ def test_all_minilm_sentence_embeddings_equal_sentence_transformers():
     pooled = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
     np.testing.assert_allclose(pooled, expected / np.linalg.norm(expected, axis=-1,
                                                                  keepdims=True), atol=1e-5)
+
+
+def test_apply_refuses_arguments_it_would_ignore(converted):
+    model, params = converted["gpt2"]
+    ids = reference("gpt2")["input_ids"]
+    with pytest.raises(ValueError, match="attention_mask is for BERT and T5"):
+        model.apply(params, ids, attention_mask=np.ones_like(ids))
+    with pytest.raises(ValueError, match="only BERT has one"):
+        model.apply(params, ids, method="encode")
