@@ -39,7 +39,8 @@ def knob(default, doc: str, check: str = ""):
 Family = Literal["decoder", "encoder", "encdec"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-Mlp = Literal["gelu", "swiglu"]
+Mlp = Literal["gelu", "gelu_exact", "relu", "swiglu", "geglu"]
+GATED_MLPS = ("swiglu", "geglu")
 PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "t5_bias", "none"]
 RopeScaling = Literal["none", "linear", "ntk"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
@@ -90,12 +91,15 @@ class ModelConfig:
                                        "grouped-query; None: num_heads", "> 0")
     head_dim: Optional[int] = knob(None, "size of each head; None: d_model // num_heads", "> 0")
     d_ff: Optional[int] = knob(None, "MLP width; None: 4*d_model (gelu) or 8/3*d_model rounded "
-                               "to 64 (swiglu)", "> 0")
+                               "to 64 (gated: swiglu, geglu)", "> 0")
     max_seq_len: int = knob(256, "longest sequence (learned position table size)", "> 0")
     norm: Norm = knob("layernorm", "normalisation layer")
     norm_eps: float = knob(1e-5, "normalisation epsilon", "> 0")
     norm_position: NormPosition = knob("pre", "pre: x + f(norm(x)); post: norm(x + f(x)) (BERT)")
-    mlp: Mlp = knob("gelu", "MLP kind")
+    mlp: Mlp = knob("gelu", "MLP kind: gelu (tanh approximation, GPT-2's gelu_new), gelu_exact "
+                    "(erf, BERT), relu (T5), swiglu (LLaMA), geglu (T5 v1.1's gated-gelu)")
+    scale_attention: bool = knob(True, "divide q.k by sqrt(head_dim); false: T5, whose init "
+                                 "absorbs the scale")
     tie_embeddings: bool = knob(True, "output head shares the token embedding table")
     use_bias: bool = knob(True, "biases in dense layers (and LayerNorm)")
     dropout: float = knob(0.0, "dropout rate on embeddings, attention and MLP outputs", "[0, 1)")
@@ -439,7 +443,8 @@ def resolve(config: Config) -> Config:
     if vocab is None:
         vocab = -(-tokenizer_vocab_size(config.data.tokenizer) // m.vocab_multiple) \
             * m.vocab_multiple
-    d_ff = m.d_ff or (4 * m.d_model if m.mlp == "gelu" else -(-(8 * m.d_model // 3) // 64) * 64)
+    d_ff = m.d_ff or (4 * m.d_model if m.mlp not in GATED_MLPS
+                      else -(-(8 * m.d_model // 3) // 64) * 64)
     model = dataclasses.replace(
         m, vocab_size=vocab, num_kv_heads=m.num_kv_heads or m.num_heads,
         head_dim=m.head_dim or m.d_model // m.num_heads, d_ff=d_ff,

@@ -55,6 +55,7 @@ class Attention(nn.Module):
             bias = bias.astype(q.dtype)
         out = jax.nn.dot_product_attention(
             q, k, v, bias=bias, mask=mask, is_causal=self.causal, implementation=impl,
+            scale=None if cfg.scale_attention else 1.0,
             local_window_size=window(cfg, self.causal) if context is None else None)
         out = constrain(out, ("batch", "length", "act_heads", "head_dim"))
         out = Einsum(cfg, "bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.d_model),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from foundations.config import ModelConfig
 from foundations.models.decoder import stacked_blocks
-from foundations.models.layers import Einsum, Embedding, Norm, constrain, zeros
+from foundations.models.layers import Einsum, Embedding, Norm, activation, constrain, zeros
 from foundations.models.positions import add_positions, attention_bias
 
 
@@ -59,7 +59,7 @@ class Encoder(nn.Module):
                           bias_axes=axes[-1:], name=name)
 
         pooled = jnp.tanh(dense(cfg.d_model, ("embed", None), "pooler")(x[:, :1]))[:, 0]
-        h = nn.gelu(dense(cfg.d_model, ("embed", None), f"{self.head}_transform")(x))
+        h = activation(cfg, dense(cfg.d_model, ("embed", None), f"{self.head}_transform")(x))
         h = Norm(cfg, name=f"{self.head}_norm")(h)
         if self.head == "rtd":
             logits = dense(1, (None, None), "rtd_out")(h)[..., 0]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foundations.config import FAMILY_OBJECTIVES, ModelConfig, ObjectiveConfig
+from foundations.config import FAMILY_OBJECTIVES, GATED_MLPS, ModelConfig, ObjectiveConfig
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _attention(cfg: ModelConfig) -> int:
 
 def _expert(cfg: ModelConfig) -> int:
     """One MLP: the dense block's, or each expert's of an MoE."""
-    ups = 2 if cfg.mlp == "swiglu" else 1
+    ups = 2 if cfg.mlp in GATED_MLPS else 1
     return ups * _dense(cfg, cfg.d_model, cfg.d_ff) + _dense(cfg, cfg.d_ff, cfg.d_model)
 
 
@@ -173,7 +173,7 @@ def _kernels(cfg: ModelConfig, kv_inputs: bool = True) -> int:
     """Matmul weights one query position multiplies in attention (without the key/value
     projections when those read another sequence) and in the MLP (the routed experts only)."""
     d, q, kv = cfg.d_model, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    ups = 2 if cfg.mlp == "swiglu" else 1
+    ups = 2 if cfg.mlp in GATED_MLPS else 1
     mlp = (ups + 1) * d * cfg.d_ff
     if cfg.moe.num_experts:
         mlp = cfg.moe.experts_per_token * mlp + d * cfg.moe.num_experts

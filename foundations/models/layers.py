@@ -59,8 +59,29 @@ class Norm(nn.Module):
                             **dtypes(cfg))(x)
 
 
+def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """The MLP's nonlinearity: exact (erf) GELU for gelu_exact, relu for relu, else GELU's tanh
+    approximation (GPT-2's gelu_new; also the gate of geglu)."""
+    if cfg.mlp == "gelu_exact":
+        return nn.gelu(x, approximate=False)
+    if cfg.mlp == "relu":
+        return nn.relu(x)
+    return nn.gelu(x, approximate=True)
+
+
+def mlp_hidden(cfg: ModelConfig, up: jax.Array, gate) -> jax.Array:
+    """act(up) for plain MLPs; act(gate) * up for the gated ones (silu: swiglu, gelu: geglu);
+    `gate()` computes the gate projection, only for gated kinds."""
+    if cfg.mlp == "swiglu":
+        return nn.silu(gate()) * up
+    if cfg.mlp == "geglu":
+        return activation(cfg, gate()) * up
+    return activation(cfg, up)
+
+
 class Mlp(nn.Module):
-    """The position-wise feed-forward block: GELU (GPT-2) or SwiGLU (LLaMA)."""
+    """The position-wise feed-forward block: GELU (GPT-2, BERT), ReLU (T5), or gated: SwiGLU
+    (LLaMA), GeGLU (T5 v1.1)."""
     cfg: ModelConfig
 
     @nn.compact
@@ -72,11 +93,8 @@ class Mlp(nn.Module):
                             bias_init=zeros(axes[-1:]), name=name, **dtypes(cfg))
 
         up = dense(cfg.d_ff, ("embed", "mlp"), cfg.init_std, "up")(x)
-        if cfg.mlp == "swiglu":
-            gate = dense(cfg.d_ff, ("embed", "mlp"), cfg.init_std, "gate")(x)
-            hidden = nn.silu(gate) * up
-        else:
-            hidden = nn.gelu(up, approximate=True)
+        hidden = mlp_hidden(cfg, up, lambda: dense(cfg.d_ff, ("embed", "mlp"), cfg.init_std,
+                                                   "gate")(x))
         hidden = constrain(hidden, ("batch", "length", "act_mlp"))
         out = dense(cfg.d_model, ("mlp", "embed"), residual_std(cfg), "down")(hidden)
         return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
-from foundations.models.layers import dtypes, normal, residual_std, zeros
+from foundations.models.layers import dtypes, mlp_hidden, normal, residual_std, zeros
 
 
 def route(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -66,7 +66,7 @@ def dispatch_masks(top_ids, weights, num_experts: int, capacity: int):
 
 
 class MoeMlp(nn.Module):
-    """Drop-in replacement for Mlp: E expert MLPs (gelu or swiglu) behind a top-k router."""
+    """Drop-in replacement for Mlp: E expert MLPs (any model.mlp kind) behind a top-k router."""
     cfg: ModelConfig
 
     @nn.compact
@@ -99,13 +99,12 @@ class MoeMlp(nn.Module):
         up = jnp.einsum("ebcd,edf->ebcf", expert_in, weight(
             "up", (num_experts, d, f), ("expert", "embed", "mlp"), cfg.init_std))
         up = up + bias("up_bias", (num_experts, f), ("expert", "mlp"))
-        if cfg.mlp == "swiglu":
-            gate = jnp.einsum("ebcd,edf->ebcf", expert_in, weight(
+
+        def gate():
+            g = jnp.einsum("ebcd,edf->ebcf", expert_in, weight(
                 "gate", (num_experts, d, f), ("expert", "embed", "mlp"), cfg.init_std))
-            gate = gate + bias("gate_bias", (num_experts, f), ("expert", "mlp"))
-            hidden = nn.silu(gate) * up
-        else:
-            hidden = nn.gelu(up, approximate=True)
+            return g + bias("gate_bias", (num_experts, f), ("expert", "mlp"))
+        hidden = mlp_hidden(cfg, up, gate)
         out = jnp.einsum("ebcf,efd->ebcd", hidden, weight(
             "down", (num_experts, f, d), ("expert", "mlp", "embed"), residual_std(cfg)))
         out = out + bias("down_bias", (num_experts, d), ("expert", "embed"))

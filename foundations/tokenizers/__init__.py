@@ -2,7 +2,8 @@
 
 Every tokenizer has `encode(text) -> list[int]` (no special tokens added), `decode(ids) -> str`,
 `vocab_size`, `special_tokens` (name -> id), and `save(directory)`. A saved tokenizer directory
-holds `tokenizer.json` whose "kind" field says which class loads it.
+holds `tokenizer.json` whose "kind" field says which class loads it; a Hugging Face
+`tokenizer.json` (no "kind") loads as kind "hf" (the `tokenizers` library).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from foundations.tokenizers.byte import ByteTokenizer
+from foundations.tokenizers.hf import is_hf_tokenizer_json
 
 TOKENIZER_META = "tokenizer.json"
 
@@ -30,6 +32,11 @@ class Tokenizer(Protocol):
 def _loaders():
     """kind -> callable(directory) -> Tokenizer. Imported lazily so optional kinds cost nothing."""
     loaders = {"byte": ByteTokenizer.load}
+    try:
+        from foundations.tokenizers.hf import HFTokenizer
+        loaders["hf"] = HFTokenizer.load
+    except ImportError:
+        pass
     try:
         from foundations.tokenizers.bpe import BPETokenizer
         loaders["bpe"] = BPETokenizer.load
@@ -59,7 +66,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
             f"tokenizer {spec!r}: expected 'byte' or a directory holding {TOKENIZER_META} "
             f"(made by `foundations tokenize train`); {meta_file} does not exist")
     try:
-        kind = json.loads(meta_file.read_text())["kind"]
+        meta = json.loads(meta_file.read_text())
+        kind = "hf" if is_hf_tokenizer_json(meta) else meta["kind"]  # a transformers directory
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"tokenizer {spec!r}: {meta_file} is not a JSON object with a "
                          f"\"kind\" field ({error!r})") from None
