@@ -63,6 +63,9 @@ def offline_tpu_environment(accelerator_type: str) -> None:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)  # e.g. v5p-32
     os.environ.setdefault("TPU_WORKER_ID", "0")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # no chip is opened: another libtpu process (a training run, a second compile) may hold the
+    # chips' lockfile without this compile needing to wait for it or fail on it
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def topology_devices(topology: dict):
