@@ -1,0 +1,95 @@
+"""KV-cached generation equals recomputing the whole sequence for every token, for each family.
+
+Tiny random models with a large init (decisive logits, so greedy choices are not near-ties);
+prompts of different lengths, left-padded into one batch, and one prompt alone (unpadded).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from foundations.config import ConfigError, load_config
+from foundations.inference import generate
+from foundations.inference.generate import cache_slots
+from foundations.models.families import build_model
+from foundations.models.kv_cache import ring_write
+
+TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=32",
+        "model.vocab_size=64", "model.init_std=0.3", "data.seq_len=32"]
+LLAMA = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
+         "model.use_bias=false", "model.tie_embeddings=false", "model.num_kv_heads=2"]
+FAMILIES = {
+    "gpt2": [],
+    "llama": LLAMA + ["model.positions.theta=500000.0"],
+    "mixtral": LLAMA + ["model.moe.num_experts=4", "model.moe.experts_per_token=2"],
+    "sliding_window": LLAMA + ["model.local_window_size=3"],   # a window shorter than the prompt
+    "t5": ["model.family=encdec", "model.norm=rmsnorm", "model.positions.kind=t5_bias",
+           "model.use_bias=false", "objective.kind=span"],
+}
+PROMPTS = np.array([[0, 0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 9, 3, 1]],
+                   np.int32)
+MASK = PROMPTS > 0
+NEW = 6
+
+
+def tiny_model(name):
+    model = build_model(load_config(None, TINY + FAMILIES[name]))
+    decoder_inputs = (PROMPTS[:, :2],) if name == "t5" else ()
+    return model, jax.jit(model.init)(jax.random.PRNGKey(0), PROMPTS, *decoder_inputs)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    return request.param, *tiny_model(request.param)
+
+
+def test_cached_generation_equals_full_recomputation(family):
+    name, model, params = family
+    cached = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    full = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW,
+                    use_cache=False)
+    assert cached.shape == (3, NEW) and cached.dtype == np.int32
+    np.testing.assert_array_equal(cached, full)
+    assert len(np.unique(cached)) > 3   # the model does not just repeat one token
+    # unpadded: the last prompt alone writes what it wrote in the padded batch
+    alone = generate(model, params, PROMPTS[2:, 4:], max_new_tokens=NEW)
+    np.testing.assert_array_equal(alone, cached[2:])
+
+
+def test_full_recomputation_is_the_plain_model():
+    """The reference itself: greedy argmax of model.apply on the growing sequence."""
+    model, params = tiny_model("llama")
+    ids = PROMPTS[1:2]
+    for _ in range(3):
+        logits = model.apply(params, ids)
+        ids = np.concatenate([ids, np.argmax(logits[:, -1:], axis=-1)], axis=1)
+    full = generate(model, params, PROMPTS[1:2], max_new_tokens=3, use_cache=False)
+    np.testing.assert_array_equal(full, ids[:, -3:])
+
+
+def test_sliding_window_keeps_only_the_window():
+    cfg = load_config(None, TINY + FAMILIES["sliding_window"]).model
+    assert cache_slots(cfg, prompt_length=7, max_new_tokens=NEW) == 3
+    assert cache_slots(load_config(None, TINY).model, 7, NEW) == 7 + NEW
+
+
+def test_ring_write_puts_token_t_in_slot_t_mod_size():
+    tokens = np.arange(1, 8)[None, :, None]                 # positions 0..6, 7 tokens
+    ring = np.asarray(ring_write(np.zeros((1, 3, 1)), tokens, 0, "prefill"))
+    assert ring[0, :, 0].tolist() == [7, 5, 6]              # the last 3: 4, 5, 6 -> slots 1, 2, 0
+    ring = np.asarray(ring_write(ring, np.array([[[8]]]), 7, "step"))
+    assert ring[0, :, 0].tolist() == [7, 8, 6]              # token 7 -> slot 1
+
+
+def test_bad_input_is_one_line():
+    model, params = tiny_model("gpt2")
+    with pytest.raises(ConfigError, match="pad prompts on the left"):
+        generate(model, params, PROMPTS, attention_mask=PROMPTS[:, ::-1] > 0)
+    with pytest.raises(ConfigError, match="top_p=0.0"):
+        generate(model, params, PROMPTS, top_p=0.0)
+    with pytest.raises(ConfigError, match="exceed model.max_seq_len=32"):
+        generate(model, params, PROMPTS, max_new_tokens=30)
+    encoder = build_model(load_config(None, TINY + ["model.family=encoder",
+                                                    "objective.kind=mlm"]))
+    with pytest.raises(ConfigError, match="not Encoder"):
+        generate(encoder, params, PROMPTS)
