@@ -93,3 +93,24 @@ def test_bad_input_is_one_line():
                                                     "objective.kind=mlm"]))
     with pytest.raises(ConfigError, match="not Encoder"):
         generate(encoder, params, PROMPTS)
+
+
+def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_path, capsys):
+    from foundations.cli import main
+    from foundations.config import save_config
+    from foundations.train.loop import train
+    config = tiny_config("model.family=encdec", "model.norm=rmsnorm", "model.use_bias=false",
+                         "model.positions.kind=t5_bias", "objective.kind=span",
+                         "train.steps=1", "schedule.warmup_steps=1", "train.eval_batches=1")
+    train(config, tmp_path / "t5", progress=False)
+    capsys.readouterr()
+    assert main(["generate", "--run-dir", str(tmp_path / "t5"), "--prompt", "To be",
+                 "--max-new-tokens", "5", "--top-k", "3", "--temperature", "0.7"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n") and "tokens; the first after" in err
+    (tmp_path / "bert").mkdir()
+    save_config(tiny_config("model.family=encoder", "objective.kind=mlm"),
+                tmp_path / "bert" / "config.yaml")
+    assert main(["generate", "--run-dir", str(tmp_path / "bert")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.family=encoder has no generative head" in err

@@ -52,22 +52,18 @@ def generate_command(args) -> None:
     for i in range(args.num_samples):
         if decoder:
             print(args.prompt, end="", flush=True)
-        arrivals = []
-
-        def show(piece: str) -> None:
-            arrivals.append(time.perf_counter())
-            print(piece, end="", flush=True)
-
+        arrivals = []   # when each token came
         start = time.perf_counter()
-        text = generate_text(trainer.plain_model, state["params"], tokenizer, args.prompt,
-                             args.max_new_tokens, context_length(config), on_text=show,
-                             seed=args.seed + i, **sampling)
+        generate_text(trainer.plain_model, state["params"], tokenizer, args.prompt,
+                      args.max_new_tokens, context_length(config),
+                      on_text=lambda piece: print(piece, end="", flush=True),
+                      on_token=lambda _: arrivals.append(time.perf_counter()),
+                      seed=args.seed + i, **sampling)
         print(flush=True)
-        count = len(tokenizer.encode(text))
-        if arrivals:
-            rate = (count - 1) / (arrivals[-1] - arrivals[0]) if count > 1 and len(
-                arrivals) > 1 else float("nan")
-            print(f"[{count} tokens; the first after {arrivals[0] - start:.2f} s (prefill and "
-                  f"compilation), then {rate:,.1f} tokens/s]", file=sys.stderr, flush=True)
+        # the first two tokens wait for the prefill and the compilation of the step
+        steady = (f", then {(len(arrivals) - 2) / (arrivals[-1] - arrivals[1]):,.1f} tokens/s"
+                  if len(arrivals) > 2 else "")
+        print(f"[{len(arrivals)} tokens; the first after {arrivals[0] - start:.2f} s{steady}]",
+              file=sys.stderr, flush=True)
         if i + 1 < args.num_samples:
             print("-" * 40)

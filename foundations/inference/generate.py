@@ -161,11 +161,11 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
         start = pad_token_id if decoder_start_token_id is None else decoder_start_token_id
         prev = np.full((batch, 1 + steps), -1, np.int32)
         prev[:, 0] = start
-        next_logits = _t5_steps(model, variables, ids, mask, start, steps, use_cache)
+        next_logits = encdec_steps(model, variables, ids, mask, start, steps, use_cache)
         offset = 1
     else:
         prev = np.concatenate([ids, np.full((batch, steps), -1, np.int32)], axis=1)
-        next_logits = _decoder_steps(model, variables, ids, mask, steps, use_cache)
+        next_logits = decoder_steps(model, variables, ids, mask, steps, use_cache)
         offset = length
     key = jax.random.PRNGKey(seed)
     finished = jnp.zeros((batch,), bool)
@@ -183,9 +183,10 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
     return out
 
 
-def _decoder_steps(model, variables, ids, mask, steps, use_cache):
-    """A generator of next-token logits (batch, vocab): first after the prompt, then after
-    each token sent to it."""
+def decoder_steps(model, variables, ids, mask, steps, use_cache):
+    """The engine of `generate`: a generator of next-token logits (batch, vocab), first after
+    the left-padded prompts ids (mask: real tokens), then after each token column (batch,) sent
+    to it, for up to `steps` tokens (the cache's size)."""
     positions = np.where(mask, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
     last = positions[:, -1]
     if not use_cache:
@@ -208,8 +209,8 @@ def _decoder_steps(model, variables, ids, mask, steps, use_cache):
                                         jnp.asarray(last + 1 + t)[:, None])
 
 
-def _t5_steps(model, variables, ids, mask, start, steps, use_cache):
-    """As _decoder_steps, for an encoder-decoder: the encoder runs once."""
+def encdec_steps(model, variables, ids, mask, start, steps, use_cache):
+    """As decoder_steps, for an encoder-decoder: the encoder runs once."""
     batch = len(ids)
     decoder_tokens = np.full((batch, steps), start, np.int32)
     if not use_cache:

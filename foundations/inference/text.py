@@ -17,10 +17,12 @@ from foundations.models.encdec import EncoderDecoder
 
 
 def generate_text(model, params, tokenizer, prompt: str, max_new_tokens: int, context: int,
-                  on_text: Callable[[str], None] | None = None, **sampling) -> str:
+                  on_text: Callable[[str], None] | None = None,
+                  on_token: Callable[[int], None] | None = None, **sampling) -> str:
     """The text written after `prompt` (up to max_new_tokens tokens, ending early at the
-    tokenizer's end-of-text); `on_text` gets each new piece as soon as it decodes. `sampling`:
-    generate's temperature, top_k, top_p, min_p, repetition_penalty, seed."""
+    tokenizer's end-of-text); `on_text` gets each new piece as soon as it decodes, `on_token`
+    each new id. `sampling`: generate's temperature, top_k, top_p, min_p, repetition_penalty,
+    seed."""
     eos = getattr(tokenizer, "eos_id", None)
     pad = getattr(tokenizer, "pad_id", None)
     pad = (eos if pad is None else pad) or 0
@@ -33,6 +35,8 @@ def generate_text(model, params, tokenizer, prompt: str, max_new_tokens: int, co
         if eos is not None and eos in new:
             return
         new.append(int(column[0]))
+        if on_token is not None:
+            on_token(new[-1])
         text = tokenizer.decode([i for i in new if i != eos])
         if on_text is not None and not text.endswith("\ufffd"):  # a partial UTF-8 character
             on_text(text[len(shown):])
