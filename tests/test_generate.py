@@ -114,3 +114,30 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
     assert main(["generate", "--run-dir", str(tmp_path / "bert")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.family=encoder has no generative head" in err
+
+
+def test_beam_search_with_the_cache_equals_without(family):
+    name, model, params = family
+    if name not in ("sliding_window", "t5"):
+        pytest.skip("one decoder (GQA, a ring cache reordered by beam) and T5 are enough")
+    greedy = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    eos = int(greedy[0, 1])   # some beams finish early, some prompts never do
+    kwargs = dict(attention_mask=MASK, max_new_tokens=NEW, num_beams=3, eos_token_id=eos,
+                  pad_token_id=1, length_penalty=0.5)
+    cached = generate(model, params, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(cached, generate(model, params, PROMPTS, use_cache=False,
+                                                   **kwargs))
+    assert (cached != greedy).any()
+
+
+def test_beam_search_with_every_token_as_a_beam_is_exhaustive():
+    """num_beams = vocabulary over two tokens: the best of all 64 x 64 continuations."""
+    model, params = tiny_model("gpt2")
+    prompt = PROMPTS[1:2]
+    first = jax.nn.log_softmax(model.apply(params, prompt)[0, -1])
+    both = np.concatenate([np.repeat(prompt, 64, axis=0), np.arange(64)[:, None]], axis=1)
+    second = jax.nn.log_softmax(model.apply(params, both)[:, -1], axis=-1)
+    total = np.asarray(first[:, None] + second)
+    best = np.unravel_index(np.argmax(total), total.shape)
+    beams = generate(model, params, prompt, max_new_tokens=2, num_beams=64)
+    assert beams[0].tolist() == [int(best[0]), int(best[1])]

@@ -21,6 +21,8 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 makes tokens already written less likely; 1: off")
     p.add_argument("--num-beams", type=int, default=1, help="1: no beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: a hypothesis scores sum log p / length ** this")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
 
@@ -33,11 +35,14 @@ def generate_command(args) -> None:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     min_p=args.min_p, repetition_penalty=args.repetition_penalty)
     check_sampling(Sampling(**sampling), args.max_new_tokens)
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams must be >= 1 (got {args.num_beams})")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
-    if args.num_beams != 1:
-        raise ConfigError(f"--num-beams={args.num_beams}: beam search is not implemented yet; "
-                          "use --num-beams 1")
+    if args.num_beams > 1 and (args.temperature or args.top_k or args.top_p < 1 or args.min_p):
+        raise ConfigError("--num-beams > 1 searches, it does not sample: leave --temperature, "
+                          "--top-k, --top-p and --min-p off")
+    sampling.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
     from pathlib import Path
 
     from foundations.config import load_config

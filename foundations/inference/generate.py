@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from foundations.config import ConfigError
+from foundations.inference.beam import beam_search
 from foundations.inference.sampling import choose, process_logits
 from foundations.models.decoder import Decoder
 from foundations.models.encdec import EncoderDecoder
@@ -63,14 +64,14 @@ def _pick(settings: Sampling, logits, prev_ids, finished, key, t):
     return token, finished
 
 
-@partial(jax.jit, static_argnames=("model", "mode"), donate_argnames=("cache",))
+@partial(jax.jit, static_argnames=("model", "mode"))
 def _decoder_cached(model, mode, variables, cache, tokens, positions):
     logits, updated = model.apply({**variables, "cache": cache}, tokens, positions, decode=mode,
                                   mutable=["cache"])
     return logits[:, -1].astype(jnp.float32), updated["cache"]
 
 
-@partial(jax.jit, static_argnames=("model", "mode"), donate_argnames=("cache",))
+@partial(jax.jit, static_argnames=("model", "mode"))
 def _encdec_cached(model, mode, variables, cache, encoded, padding, tokens, positions):
     logits, updated = model.apply({**variables, "cache": cache}, encoded, tokens, positions,
                                   padding, mode, method="decode", mutable=["cache"])
@@ -102,6 +103,23 @@ def cache_slots(cfg, prompt_length: int, max_new_tokens: int) -> int:
     sliding-window model the window (a ring buffer)."""
     size = prompt_length + max_new_tokens
     return min(size, cfg.local_window_size) if cfg.local_window_size else size
+
+
+def _unpack(sent):
+    """What an engine was sent: (tokens, rows to reorder by, or None)."""
+    return sent if isinstance(sent, tuple) else (sent, None)
+
+
+@jax.jit
+def _reorder_cache(cache, rows):
+    """Row r of every cache entry becomes row rows[r]: the stack's slot positions (B, S) on
+    axis 0, the scanned layers' keys and values (layers, B, ...) on axis 1."""
+    def take(path, x):
+        if x.ndim <= 1:   # write indices
+            return x
+        axis = 0 if jax.tree_util.keystr(path).endswith("['positions']") else 1
+        return jnp.take(x, rows, axis=axis)
+    return jax.tree_util.tree_map_with_path(take, cache)
 
 
 def _empty_cache(call, *example):
@@ -136,13 +154,15 @@ def _prompts(input_ids, attention_mask):
 def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int = 24,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
              repetition_penalty: float = 1.0, eos_token_id: int | None = None,
-             pad_token_id: int = 0, seed: int = 0, *, decoder_start_token_id: int | None = None,
+             pad_token_id: int = 0, seed: int = 0, *, num_beams: int = 1,
+             length_penalty: float = 1.0, decoder_start_token_id: int | None = None,
              vocab_size: int | None = None, use_cache: bool = True,
              on_token: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """New token ids (batch, max_new_tokens) after left-padded prompts `input_ids` (batch,
     length) (a T5 model: the encoder's input). temperature 0 is greedy; a row that produced
     `eos_token_id` is filled with `pad_token_id` after it. `vocab_size` keeps sampling off the
-    embedding table's padding rows; `on_token` gets each new column (batch,) as it comes."""
+    embedding table's padding rows; `on_token` gets each new column (batch,) as it comes.
+    num_beams > 1: beam search (inference/beam.py; deterministic, no on_token)."""
     settings = Sampling(float(temperature), int(top_k), float(top_p), float(min_p),
                         float(repetition_penalty), eos_token_id, int(pad_token_id), vocab_size)
     check_sampling(settings, max_new_tokens)
@@ -153,20 +173,32 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
     ids, mask = _prompts(input_ids, attention_mask)
     batch, length = ids.shape
     steps = max_new_tokens
+    if num_beams < 1:
+        raise ConfigError(f"num_beams={num_beams} must be >= 1")
+    if num_beams > 1 and (temperature or top_k or top_p < 1 or min_p):
+        raise ConfigError("num_beams > 1 searches, it does not sample: leave temperature, top_k, "
+                          "top_p and min_p off")
     longest = max(length, steps) if isinstance(model, EncoderDecoder) else length + steps
     if model.cfg.positions.kind == "learned" and longest > model.cfg.max_seq_len:
         raise ConfigError(f"{length} prompt + {steps} new tokens exceed model.max_seq_len="
                           f"{model.cfg.max_seq_len}, the learned position table")
+    if num_beams > 1:   # each prompt repeated: one row per beam
+        ids, mask = np.repeat(ids, num_beams, axis=0), np.repeat(mask, num_beams, axis=0)
+    rows = len(ids)
     if isinstance(model, EncoderDecoder):
         start = pad_token_id if decoder_start_token_id is None else decoder_start_token_id
-        prev = np.full((batch, 1 + steps), -1, np.int32)
+        prev = np.full((rows, 1 + steps), -1, np.int32)
         prev[:, 0] = start
         next_logits = encdec_steps(model, variables, ids, mask, start, steps, use_cache)
         offset = 1
     else:
-        prev = np.concatenate([ids, np.full((batch, steps), -1, np.int32)], axis=1)
+        prev = np.concatenate([ids, np.full((rows, steps), -1, np.int32)], axis=1)
         next_logits = decoder_steps(model, variables, ids, mask, steps, use_cache)
         offset = length
+    if num_beams > 1:
+        return beam_search(next_logits, prev, offset, batch, num_beams, steps, vocab_size,
+                           float(repetition_penalty), float(length_penalty), eos_token_id,
+                           int(pad_token_id))
     key = jax.random.PRNGKey(seed)
     finished = jnp.zeros((batch,), bool)
     out = np.full((batch, steps), pad_token_id, np.int32)
@@ -186,7 +218,8 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
 def decoder_steps(model, variables, ids, mask, steps, use_cache):
     """The engine of `generate`: a generator of next-token logits (batch, vocab), first after
     the left-padded prompts ids (mask: real tokens), then after each token column (batch,) sent
-    to it, for up to `steps` tokens (the cache's size)."""
+    to it, for up to `steps` tokens (the cache's size). Beam search sends (tokens, rows): row r
+    continues the sequence of row rows[r], so the cache is reordered first."""
     positions = np.where(mask, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
     last = positions[:, -1]
     if not use_cache:
@@ -194,8 +227,9 @@ def decoder_steps(model, variables, ids, mask, steps, use_cache):
         full_positions = np.concatenate([positions, last[:, None] + 1 + np.arange(steps)], 1)
         valid = np.concatenate([mask, np.ones((len(ids), steps), bool)], axis=1)
         for t in range(steps):
-            token = yield _decoder_full(model, variables, jnp.asarray(tokens), full_positions,
-                                        valid, ids.shape[1] - 1 + t)
+            token, rows = _unpack((yield _decoder_full(
+                model, variables, jnp.asarray(tokens), full_positions, valid, ids.shape[1] - 1 + t)))
+            tokens = tokens if rows is None else tokens[rows]
             tokens[:, ids.shape[1] + t] = np.asarray(token)
         return
     size = cache_slots(model.cfg, ids.shape[1], steps)
@@ -204,7 +238,8 @@ def decoder_steps(model, variables, ids, mask, steps, use_cache):
                                                mutable=["cache"])[1]["cache"], example)
     logits, cache = _decoder_cached(model, "prefill", variables, cache, ids, positions)
     for t in range(steps):
-        token = yield logits
+        token, rows = _unpack((yield logits))
+        cache = cache if rows is None else _reorder_cache(cache, jnp.asarray(rows))
         logits, cache = _decoder_cached(model, "step", variables, cache, token[:, None],
                                         jnp.asarray(last + 1 + t)[:, None])
 
@@ -215,7 +250,9 @@ def encdec_steps(model, variables, ids, mask, start, steps, use_cache):
     decoder_tokens = np.full((batch, steps), start, np.int32)
     if not use_cache:
         for t in range(steps):
-            token = yield _encdec_full(model, variables, ids, mask, jnp.asarray(decoder_tokens), t)
+            token, rows = _unpack((yield _encdec_full(model, variables, ids, mask,
+                                                      jnp.asarray(decoder_tokens), t)))
+            decoder_tokens = decoder_tokens if rows is None else decoder_tokens[rows]
             if t + 1 < steps:
                 decoder_tokens[:, t + 1] = np.asarray(token)
         return
@@ -228,6 +265,7 @@ def encdec_steps(model, variables, ids, mask, start, steps, use_cache):
     logits, cache = _encdec_cached(model, "prefill", variables, cache, encoded, mask,
                                    decoder_tokens[:, :1], positions)
     for t in range(steps):
-        token = yield logits
+        token, rows = _unpack((yield logits))
+        cache = cache if rows is None else _reorder_cache(cache, jnp.asarray(rows))
         logits, cache = _encdec_cached(model, "step", variables, cache, encoded, mask,
                                        token[:, None], positions + 1 + t)

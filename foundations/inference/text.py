@@ -43,9 +43,13 @@ def generate_text(model, params, tokenizer, prompt: str, max_new_tokens: int, co
             shown = text
 
     def run(ids: list[int], count: int) -> None:
-        generate(model, params, np.asarray([ids], np.int32), max_new_tokens=count,
-                 eos_token_id=eos, pad_token_id=pad, vocab_size=tokenizer.vocab_size,
-                 on_token=receive, **sampling)
+        searching = sampling.get("num_beams", 1) > 1   # the best beam is known at the end
+        out = generate(model, params, np.asarray([ids], np.int32), max_new_tokens=count,
+                       eos_token_id=eos, pad_token_id=pad, vocab_size=tokenizer.vocab_size,
+                       on_token=None if searching else receive, **sampling)
+        if searching:
+            for column in out.T:
+                receive(column)
 
     if isinstance(model, EncoderDecoder):
         run(prompt_ids[-context:], max_new_tokens)
