@@ -2,7 +2,6 @@
 Hugging Face's order; sampling at temperature -> 0 is greedy; rows stop at EOS."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,7 +20,8 @@ def kept(logits) -> list[int]:
     return np.flatnonzero(np.isfinite(out)).tolist()
 
 
-@pytest.mark.parametrize("k, support", [(1, [1, 3]), (2, [1, 3]), (3, [1, 2, 3]), (9, [0, 1, 2, 3, 4])])
+@pytest.mark.parametrize("k, support", [(1, [1, 3]), (2, [1, 3]), (3, [1, 2, 3]),
+                                        (9, [0, 1, 2, 3, 4])])
 def test_top_k_keeps_the_k_largest_and_their_ties(k, support):
     logits = np.array([[1.0, 3.0, 2.0, 3.0, 0.0]])
     assert kept(process_logits(logits, None, top_k=k)) == support
@@ -34,8 +34,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, support):
     assert kept(process_logits(LOGITS, None, top_p=p)) == support
 
 
-@pytest.mark.parametrize("min_p, support", [(0.5, [0, 1]), (0.2, [0, 1, 2]), (0.09, [0, 1, 2, 3]),
-                                            (1.0, [0])])
+@pytest.mark.parametrize("min_p, support", [(0.5, [0, 1]), (0.2, [0, 1, 2]),
+                                            (0.09, [0, 1, 2, 3]), (1.0, [0])])
 def test_min_p_keeps_tokens_near_the_best(min_p, support):
     # thresholds min_p * 0.5: 0.25, 0.1, 0.045, 0.5
     assert kept(process_logits(LOGITS, None, min_p=min_p)) == support

@@ -227,8 +227,9 @@ def decoder_steps(model, variables, ids, mask, steps, use_cache):
         full_positions = np.concatenate([positions, last[:, None] + 1 + np.arange(steps)], 1)
         valid = np.concatenate([mask, np.ones((len(ids), steps), bool)], axis=1)
         for t in range(steps):
-            token, rows = _unpack((yield _decoder_full(
-                model, variables, jnp.asarray(tokens), full_positions, valid, ids.shape[1] - 1 + t)))
+            logits = _decoder_full(model, variables, jnp.asarray(tokens), full_positions, valid,
+                                   ids.shape[1] - 1 + t)
+            token, rows = _unpack((yield logits))
             tokens = tokens if rows is None else tokens[rows]
             tokens[:, ids.shape[1] + t] = np.asarray(token)
         return

@@ -90,7 +90,7 @@ class Decoder(nn.Module):
             key_positions, key_valid = CachedPositions(name="cache_positions")(positions, decode)
             mask = decode_mask(cfg, positions, key_positions, key_valid)
             bias = positions_bias(cfg, positions, key_positions, bidirectional=False)
-            positions = jnp.maximum(positions, 0)  # padding (-1) is masked out; any position will do
+            positions = jnp.maximum(positions, 0)  # padding (-1) is masked out: any will do
         embed = Embedding(cfg, cfg.vocab_size, ("vocab", "embed"), name="token_embed")
         x = add_positions(cfg, embed(tokens), positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
