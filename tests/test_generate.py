@@ -85,7 +85,7 @@ def test_bad_input_is_one_line():
     model, params = tiny_model("gpt2")
     with pytest.raises(ConfigError, match="pad prompts on the left"):
         generate(model, params, PROMPTS, attention_mask=PROMPTS[:, ::-1] > 0)
-    with pytest.raises(ConfigError, match="top_p=0.0"):
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\] \(got 0.0\)"):
         generate(model, params, PROMPTS, top_p=0.0)
     with pytest.raises(ConfigError, match="exceed model.max_seq_len=32"):
         generate(model, params, PROMPTS, max_new_tokens=30)

@@ -34,7 +34,7 @@ def generate_command(args) -> None:
     from foundations.inference.generate import Sampling, check_sampling
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     min_p=args.min_p, repetition_penalty=args.repetition_penalty)
-    check_sampling(Sampling(**sampling), args.max_new_tokens)
+    check_sampling(Sampling(**sampling), args.max_new_tokens, as_flags=True)
     if args.num_beams < 1:
         raise ConfigError(f"--num-beams must be >= 1 (got {args.num_beams})")
     if args.num_samples < 1:

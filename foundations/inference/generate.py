@@ -37,18 +37,20 @@ class Sampling(NamedTuple):
     vocab_size: int | None = None
 
 
-def check_sampling(s: Sampling, max_new_tokens: int) -> None:
-    """One line naming the first bad setting."""
-    problems = [(s.temperature < 0, f"temperature={s.temperature} must be >= 0"),
-                (s.top_k < 0, f"top_k={s.top_k} must be >= 0 (0: off)"),
-                (not 0 < s.top_p <= 1, f"top_p={s.top_p} must be in (0, 1]"),
-                (not 0 <= s.min_p <= 1, f"min_p={s.min_p} must be in [0, 1]"),
-                (s.repetition_penalty <= 0,
-                 f"repetition_penalty={s.repetition_penalty} must be > 0 (1: off)"),
-                (max_new_tokens < 1, f"max_new_tokens={max_new_tokens} must be >= 1")]
-    for bad, message in problems:
+def check_sampling(s: Sampling, max_new_tokens: int, as_flags: bool = False) -> None:
+    """One line naming the first bad setting (as the command line's --flag when as_flags)."""
+    def name(key):
+        return "--" + key.replace("_", "-") if as_flags else key
+    problems = [(s.temperature < 0, "temperature", s.temperature, ">= 0"),
+                (s.top_k < 0, "top_k", s.top_k, ">= 0 (0: off)"),
+                (not 0 < s.top_p <= 1, "top_p", s.top_p, "in (0, 1]"),
+                (not 0 <= s.min_p <= 1, "min_p", s.min_p, "in [0, 1]"),
+                (s.repetition_penalty <= 0, "repetition_penalty", s.repetition_penalty,
+                 "> 0 (1: off)"),
+                (max_new_tokens < 1, "max_new_tokens", max_new_tokens, ">= 1")]
+    for bad, key, value, allowed in problems:
         if bad:
-            raise ConfigError(message)
+            raise ConfigError(f"{name(key)} must be {allowed} (got {value})")
 
 
 @partial(jax.jit, static_argnames=("settings",))
