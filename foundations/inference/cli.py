@@ -65,10 +65,14 @@ def generate_command(args) -> None:
                       on_token=lambda _: arrivals.append(time.perf_counter()),
                       seed=args.seed + i, **sampling)
         print(flush=True)
-        # the first two tokens wait for the prefill and the compilation of the step
-        steady = (f", then {(len(arrivals) - 2) / (arrivals[-1] - arrivals[1]):,.1f} tokens/s"
-                  if len(arrivals) > 2 else "")
-        print(f"[{len(arrivals)} tokens; the first after {arrivals[0] - start:.2f} s{steady}]",
-              file=sys.stderr, flush=True)
+        if args.num_beams > 1:   # the best beam is known only at the end
+            print(f"[{len(arrivals)} tokens in {arrivals[-1] - start:.2f} s: "
+                  f"{len(arrivals) / (arrivals[-1] - start):,.1f} tokens/s, compilation included]",
+                  file=sys.stderr, flush=True)
+        else:   # the first two tokens wait for the prefill and the compilation of the step
+            steady = (f", then {(len(arrivals) - 2) / (arrivals[-1] - arrivals[1]):,.1f} "
+                      "tokens/s" if len(arrivals) > 2 else "")
+            print(f"[{len(arrivals)} tokens; the first after {arrivals[0] - start:.2f} s{steady}]",
+                  file=sys.stderr, flush=True)
         if i + 1 < args.num_samples:
             print("-" * 40)
