@@ -73,28 +73,8 @@ def _config(args) -> None:
 
 
 def _generate(args) -> None:
-    from foundations.config import ConfigError, load_config
-    from foundations.train.loop import load_run, sample_text
-    if args.temperature < 0 or args.max_new_tokens < 1 or args.num_samples < 1:
-        raise ConfigError(f"--temperature must be >= 0 (got {args.temperature}), "
-                          f"--max-new-tokens and --num-samples >= 1 (got {args.max_new_tokens}, "
-                          f"{args.num_samples})")
-    config_file = Path(args.run_dir) / "config.yaml"
-    if config_file.is_file():  # before a checkpoint is restored (load_run reports its absence)
-        run = load_config(config_file, args.overrides)
-        if run.model.family != "decoder":
-            why = ("T5-style decoding is not implemented yet" if run.model.family == "encdec"
-                   else "an encoder predicts masked or replaced tokens, it does not continue text")
-            raise ConfigError(f"{args.run_dir} is a model.family={run.model.family} run "
-                              f"(objective.kind={run.objective.kind}): generate needs a decoder "
-                              f"run (model.family=decoder); {why}")
-    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
-    for i in range(args.num_samples):
-        text = sample_text(trainer, state["params"], tokenizer, args.prompt,
-                           args.max_new_tokens, args.temperature, args.seed + i)
-        print(text)
-        if i + 1 < args.num_samples:
-            print("-" * 40)
+    from foundations.inference.cli import generate_command
+    generate_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,15 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="section.key=value applied to the run's config")
     p.set_defaults(func=_eval)
 
-    p = commands.add_parser("generate", help="sample text from a trained run")
+    p = commands.add_parser("generate", help="sample text from a trained run (KV-cached, "
+                                             "streamed)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--prompt", default="")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--override", dest="overrides", action="append", default=[],
                    help="section.key=value applied to the run's config")
+    from foundations.inference.cli import add_sampling_arguments
+    add_sampling_arguments(p)
     p.set_defaults(func=_generate)
 
     _add_optional_commands(commands)

@@ -1,61 +1,143 @@
-"""Generation with a stand-in model whose answers are known: greedy picks the argmax, the window
-slides over a long context, table padding is never sampled, stop_id ends early, and temperature
-sampling draws from softmax(logits / temperature)."""
+"""KV-cached generation equals recomputing the whole sequence for every token, for each family.
 
+Tiny random models with a large init (decisive logits, so greedy choices are not near-ties);
+prompts of different lengths, left-padded into one batch, and one prompt alone (unpadded).
+"""
+
+import jax
 import numpy as np
 import pytest
 
-from foundations.inference.generate import generate, sample_next
+from foundations.config import ConfigError, load_config
+from foundations.inference import generate
+from foundations.inference.generate import cache_slots
+from foundations.models.families import build_model
+from foundations.models.kv_cache import ring_write
 
-VOCAB, PADDED = 10, 16
-
-
-class CountingModel:
-    """Predicts (last token + 1) mod VOCAB, with the table's padding ids scored highest; records
-    the window it was shown at each step."""
-
-    seq_len = 4
-
-    def __init__(self):
-        self.windows = []
-
-    def next_token_logits(self, params, tokens, index):
-        assert tokens.shape == (1, self.seq_len)
-        self.windows.append(tokens[0, :index + 1].tolist())
-        logits = np.zeros((1, PADDED), np.float32)
-        logits[0, VOCAB:] = 9.0
-        logits[0, (tokens[0, index] + 1) % VOCAB] = 5.0
-        return logits
-
-
-def test_greedy_continues_and_the_window_slides():
-    model = CountingModel()
-    assert generate(model, None, [7, 1, 2], 5, vocab_size=VOCAB) == [3, 4, 5, 6, 7]
-    # the model saw the last seq_len tokens of the prompt and what was generated so far
-    assert model.windows == [[7, 1, 2], [7, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]]
-    assert generate(CountingModel(), None, [0, 1, 2, 3, 4, 5, 8], 2, vocab_size=VOCAB) == [9, 0]
+TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=32",
+        "model.vocab_size=64", "model.init_std=0.3", "data.seq_len=32"]
+LLAMA = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
+         "model.use_bias=false", "model.tie_embeddings=false", "model.num_kv_heads=2"]
+FAMILIES = {
+    "gpt2": [],
+    "llama": LLAMA + ["model.positions.theta=500000.0"],
+    "mixtral": LLAMA + ["model.moe.num_experts=4", "model.moe.experts_per_token=2"],
+    "sliding_window": LLAMA + ["model.local_window_size=3"],   # a window shorter than the prompt
+    "t5": ["model.family=encdec", "model.norm=rmsnorm", "model.positions.kind=t5_bias",
+           "model.use_bias=false", "objective.kind=span"],
+}
+PROMPTS = np.array([[0, 0, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 9, 3, 1]],
+                   np.int32)
+MASK = PROMPTS > 0
+NEW = 6
 
 
-def test_padding_ids_are_never_sampled_and_stop_id_stops():
-    assert generate(CountingModel(), None, [1], 3) == [VOCAB] * 3  # what the slice prevents
-    assert generate(CountingModel(), None, [1], 8, vocab_size=VOCAB, stop_id=5) == [2, 3, 4]
-    model = CountingModel()  # an empty prompt starts from stop_id
-    assert generate(model, None, [], 2, vocab_size=VOCAB, stop_id=9) == [0, 1]
-    assert model.windows[0] == [9]
+def tiny_model(name):
+    model = build_model(load_config(None, TINY + FAMILIES[name]))
+    decoder_inputs = (PROMPTS[:, :2],) if name == "t5" else ()
+    return model, jax.jit(model.init)(jax.random.PRNGKey(0), PROMPTS, *decoder_inputs)
 
 
-def test_temperature_sampling_follows_the_softmax():
-    logits = np.log(np.array([1.0, 3.0, 1e-12]))  # probabilities 1/4, 3/4, 0
-    rng = np.random.default_rng(0)
-    draws = np.array([sample_next(logits, 1.0, rng) for _ in range(4000)])
-    assert np.bincount(draws, minlength=3) / 4000 == pytest.approx([0.25, 0.75, 0.0], abs=0.02)
-    # temperature 2 takes the square root of the odds: 1 : sqrt(3)
-    draws = np.array([sample_next(logits, 2.0, rng) for _ in range(4000)])
-    share = 1 / (1 + np.sqrt(3))
-    assert (draws == 0).mean() == pytest.approx(share, abs=0.02)
-    assert sample_next(logits, 0.0, rng) == 1
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    return request.param, *tiny_model(request.param)
 
-    def twenty_draws(seed):
-        rng = np.random.default_rng(seed)
-        return [sample_next(logits, 1.0, rng) for _ in range(20)]
-    assert twenty_draws(3) == twenty_draws(3) != twenty_draws(4)
+
+def test_cached_generation_equals_full_recomputation(family):
+    name, model, params = family
+    cached = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    full = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW,
+                    use_cache=False)
+    assert cached.shape == (3, NEW) and cached.dtype == np.int32
+    np.testing.assert_array_equal(cached, full)
+    assert len(np.unique(cached)) > 3   # the model does not just repeat one token
+    # unpadded: the last prompt alone writes what it wrote in the padded batch
+    alone = generate(model, params, PROMPTS[2:, 4:], max_new_tokens=NEW)
+    np.testing.assert_array_equal(alone, cached[2:])
+
+
+def test_full_recomputation_is_the_plain_model():
+    """The reference itself: greedy argmax of model.apply on the growing sequence."""
+    model, params = tiny_model("llama")
+    ids = PROMPTS[1:2]
+    for _ in range(3):
+        logits = model.apply(params, ids)
+        ids = np.concatenate([ids, np.argmax(logits[:, -1:], axis=-1)], axis=1)
+    full = generate(model, params, PROMPTS[1:2], max_new_tokens=3, use_cache=False)
+    np.testing.assert_array_equal(full, ids[:, -3:])
+
+
+def test_sliding_window_keeps_only_the_window():
+    cfg = load_config(None, TINY + FAMILIES["sliding_window"]).model
+    assert cache_slots(cfg, prompt_length=7, max_new_tokens=NEW) == 3
+    assert cache_slots(load_config(None, TINY).model, 7, NEW) == 7 + NEW
+
+
+def test_ring_write_puts_token_t_in_slot_t_mod_size():
+    tokens = np.arange(1, 8)[None, :, None]                 # positions 0..6, 7 tokens
+    ring = np.asarray(ring_write(np.zeros((1, 3, 1)), tokens, 0, "prefill"))
+    assert ring[0, :, 0].tolist() == [7, 5, 6]              # the last 3: 4, 5, 6 -> slots 1, 2, 0
+    ring = np.asarray(ring_write(ring, np.array([[[8]]]), 7, "step"))
+    assert ring[0, :, 0].tolist() == [7, 8, 6]              # token 7 -> slot 1
+
+
+def test_bad_input_is_one_line():
+    model, params = tiny_model("gpt2")
+    with pytest.raises(ConfigError, match="pad prompts on the left"):
+        generate(model, params, PROMPTS, attention_mask=PROMPTS[:, ::-1] > 0)
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\] \(got 0.0\)"):
+        generate(model, params, PROMPTS, top_p=0.0)
+    with pytest.raises(ConfigError, match="exceed model.max_seq_len=32"):
+        generate(model, params, PROMPTS, max_new_tokens=30)
+    encoder = build_model(load_config(None, TINY + ["model.family=encoder",
+                                                    "objective.kind=mlm"]))
+    with pytest.raises(ConfigError, match="not Encoder"):
+        generate(encoder, params, PROMPTS)
+
+
+def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_path, capsys):
+    from foundations.cli import main
+    from foundations.config import save_config
+    from foundations.train.loop import train
+    config = tiny_config("model.family=encdec", "model.norm=rmsnorm", "model.use_bias=false",
+                         "model.positions.kind=t5_bias", "objective.kind=span",
+                         "train.steps=1", "schedule.warmup_steps=1", "train.eval_batches=1")
+    train(config, tmp_path / "t5", progress=False)
+    capsys.readouterr()
+    assert main(["generate", "--run-dir", str(tmp_path / "t5"), "--prompt", "To be",
+                 "--max-new-tokens", "5", "--top-k", "3", "--temperature", "0.7"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n") and "tokens; the first after" in err
+    (tmp_path / "bert").mkdir()
+    save_config(tiny_config("model.family=encoder", "objective.kind=mlm"),
+                tmp_path / "bert" / "config.yaml")
+    assert main(["generate", "--run-dir", str(tmp_path / "bert")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.family=encoder has no generative head" in err
+
+
+def test_beam_search_with_the_cache_equals_without(family):
+    name, model, params = family
+    if name not in ("sliding_window", "t5"):
+        pytest.skip("one decoder (GQA, a ring cache reordered by beam) and T5 are enough")
+    greedy = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    eos = int(greedy[0, 1])   # some beams finish early, some prompts never do
+    kwargs = dict(attention_mask=MASK, max_new_tokens=NEW, num_beams=3, eos_token_id=eos,
+                  pad_token_id=1, length_penalty=0.5)
+    cached = generate(model, params, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(cached, generate(model, params, PROMPTS, use_cache=False,
+                                                   **kwargs))
+    assert (cached != greedy).any()
+
+
+def test_beam_search_with_every_token_as_a_beam_is_exhaustive():
+    """num_beams = vocabulary over two tokens: the best of all 64 x 64 continuations."""
+    model, params = tiny_model("gpt2")
+    prompt = PROMPTS[1:2]
+    first = jax.nn.log_softmax(model.apply(params, prompt)[0, -1])
+    both = np.concatenate([np.repeat(prompt, 64, axis=0), np.arange(64)[:, None]], axis=1)
+    second = jax.nn.log_softmax(model.apply(params, both)[:, -1], axis=-1)
+    total = np.asarray(first[:, None] + second)
+    best = np.unravel_index(np.argmax(total), total.shape)
+    beams = generate(model, params, prompt, max_new_tokens=2, num_beams=64)
+    assert beams[0].tolist() == [int(best[0]), int(best[1])]

@@ -62,8 +62,9 @@ def test_t5_buckets_match_reference_and_are_monotone(bidirectional):
 def test_t5_bias_shape_is_shared_per_offset():
     cfg = ModelConfig(num_heads=3, positions=PositionsConfig(buckets=8, max_distance=16))
     module = RelativePositionBias(cfg, bidirectional=True)
-    params = module.init(jax.random.PRNGKey(0), 5, 7)
-    bias = np.asarray(module.apply(params, 5, 7))
+    relative = jnp.arange(7)[None, :] - jnp.arange(5)[:, None]   # key - query, (5, 7)
+    params = module.init(jax.random.PRNGKey(0), relative)
+    bias = np.asarray(module.apply(params, relative))
     assert bias.shape == (1, 3, 5, 7)
     for offset in range(-4, 7):                 # a Toeplitz matrix: one value per offset
         diagonal = np.diagonal(bias[0], offset=offset, axis1=1, axis2=2)

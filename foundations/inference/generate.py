@@ -1,43 +1,274 @@
-"""Autoregressive sampling without a cache: greedy (temperature 0) or temperature sampling.
+"""Autoregressive generation against a KV cache: a jitted prefill, then one jitted step per token.
 
-Each new token re-runs the model over a fixed-length window of the context, so one compiled
-function serves every step; when the window is full it slides left. (A KV cache makes each step
-O(1) in the context length; that comes with the sampling toolbox.)
+The prompt runs once ("prefill") and fills a preallocated cache of keys and values
+(models/kv_cache.py); each new token then costs one position of compute ("step"), where
+recomputing the whole sequence costs all of them. Batches are left-padded: row r's tokens sit at
+the right end, its positions count from its first real token, and padding is masked out. A T5
+model runs its encoder once; its decoder starts from `decoder_start_token_id` and cross-attends to
+keys and values cached at the prefill. `use_cache=False` recomputes the whole sequence for every
+token instead (the reference the tests compare with, and the benchmark's baseline).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-
-def sample_next(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    """argmax at temperature 0, else a draw from softmax(logits / temperature)."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    return int(rng.choice(len(probs), p=probs / probs.sum()))
+from foundations.config import ConfigError
+from foundations.inference.beam import beam_search
+from foundations.inference.sampling import choose, process_logits
+from foundations.models.decoder import Decoder
+from foundations.models.encdec import EncoderDecoder
 
 
-def generate(trainer, params, prompt_ids: list[int], max_new_tokens: int,
-             temperature: float = 0.0, seed: int = 0, vocab_size: int | None = None,
-             stop_id: int | None = None) -> list[int]:
-    """Returns the new token ids (not the prompt). Ids >= vocab_size (table padding) are never
-    sampled; generation stops early at `stop_id`."""
-    window = trainer.seq_len
-    rng = np.random.default_rng(seed)
-    context = list(prompt_ids)[-window:] or [stop_id if stop_id is not None else 0]
-    buffer = np.zeros((1, window), np.int32)
-    new = []
-    for _ in range(max_new_tokens):
-        context = context[-window:]
-        buffer[0, :len(context)] = context
-        logits = trainer.next_token_logits(params, buffer, len(context) - 1)[0]
-        if vocab_size is not None:
-            logits = logits[:vocab_size]
-        token = sample_next(logits, temperature, rng)
-        if token == stop_id:
+class Sampling(NamedTuple):
+    """How the next token is picked (static under jit: one compile per setting)."""
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+    vocab_size: int | None = None
+
+
+def check_sampling(s: Sampling, max_new_tokens: int, as_flags: bool = False) -> None:
+    """One line naming the first bad setting (as the command line's --flag when as_flags)."""
+    def name(key):
+        return "--" + key.replace("_", "-") if as_flags else key
+    problems = [(s.temperature < 0, "temperature", s.temperature, ">= 0"),
+                (s.top_k < 0, "top_k", s.top_k, ">= 0 (0: off)"),
+                (not 0 < s.top_p <= 1, "top_p", s.top_p, "in (0, 1]"),
+                (not 0 <= s.min_p <= 1, "min_p", s.min_p, "in [0, 1]"),
+                (s.repetition_penalty <= 0, "repetition_penalty", s.repetition_penalty,
+                 "> 0 (1: off)"),
+                (max_new_tokens < 1, "max_new_tokens", max_new_tokens, ">= 1")]
+    for bad, key, value, allowed in problems:
+        if bad:
+            raise ConfigError(f"{name(key)} must be {allowed} (got {value})")
+
+
+@partial(jax.jit, static_argnames=("settings",))
+def _pick(settings: Sampling, logits, prev_ids, finished, key, t):
+    """The next token of each row (pad once a row has produced EOS), and the rows now done."""
+    logits = logits[:, :settings.vocab_size]
+    processed = process_logits(logits, prev_ids, settings.temperature, settings.top_k,
+                               settings.top_p, settings.min_p, settings.repetition_penalty)
+    token = choose(processed, jax.random.fold_in(key, t), settings.temperature)
+    token = jnp.where(finished, settings.pad_token_id, token)
+    if settings.eos_token_id is not None:
+        finished = finished | (token == settings.eos_token_id)
+    return token, finished
+
+
+@partial(jax.jit, static_argnames=("model", "mode"))
+def _decoder_cached(model, mode, variables, cache, tokens, positions):
+    logits, updated = model.apply({**variables, "cache": cache}, tokens, positions, decode=mode,
+                                  mutable=["cache"])
+    return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+
+@partial(jax.jit, static_argnames=("model", "mode"))
+def _encdec_cached(model, mode, variables, cache, encoded, padding, tokens, positions):
+    logits, updated = model.apply({**variables, "cache": cache}, encoded, tokens, positions,
+                                  padding, mode, method="decode", mutable=["cache"])
+    return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _encode(model, variables, inputs, padding):
+    return model.apply(variables, inputs, padding, method="encode")
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _decoder_full(model, variables, tokens, positions, valid, index):
+    """Logits at column `index` of the whole (left-padded) sequence, recomputed from scratch."""
+    length = tokens.shape[1]
+    mask = jnp.tril(jnp.ones((length, length), bool))[None, None] & valid[:, None, None, :]
+    logits = model.apply(variables, tokens, positions, mask=mask)
+    return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _encdec_full(model, variables, inputs, padding, decoder_tokens, index):
+    logits = model.apply(variables, inputs, decoder_tokens, padding)
+    return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False).astype(jnp.float32)
+
+
+def cache_slots(cfg, prompt_length: int, max_new_tokens: int) -> int:
+    """Slots per row of a decoder's self-attention cache: the whole sequence, or for a
+    sliding-window model the window (a ring buffer)."""
+    size = prompt_length + max_new_tokens
+    return min(size, cfg.local_window_size) if cfg.local_window_size else size
+
+
+def _unpack(sent):
+    """What an engine was sent: (tokens, rows to reorder by, or None)."""
+    return sent if isinstance(sent, tuple) else (sent, None)
+
+
+@jax.jit
+def _reorder_cache(cache, rows):
+    """Row r of every cache entry becomes row rows[r]: the stack's slot positions (B, S) on
+    axis 0, the scanned layers' keys and values (layers, B, ...) on axis 1."""
+    def take(path, x):
+        if x.ndim <= 1:   # write indices
+            return x
+        axis = 0 if jax.tree_util.keystr(path).endswith("['positions']") else 1
+        return jnp.take(x, rows, axis=axis)
+    return jax.tree_util.tree_map_with_path(take, cache)
+
+
+def _empty_cache(call, *example):
+    """Zeros shaped like the 'cache' collection a prefill on `example` makes."""
+    shapes = jax.eval_shape(call, *example)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _as_variables(params) -> dict:
+    """model.apply's variables: {'params': ...} as given, or the bare parameter tree wrapped."""
+    return params if isinstance(params, dict) and set(params) == {"params"} else {
+        "params": params}
+
+
+def _prompts(input_ids, attention_mask):
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ConfigError(f"input_ids must be a (batch, length) integer array, got shape "
+                          f"{ids.shape} and dtype {ids.dtype}")
+    mask = np.ones(ids.shape, bool) if attention_mask is None else np.asarray(attention_mask,
+                                                                               bool)
+    if mask.shape != ids.shape:
+        raise ConfigError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+    if (mask[:, 1:] < mask[:, :-1]).any():
+        raise ConfigError("attention_mask: pad prompts on the left (a padding position follows "
+                          "a real token)")
+    if not mask[:, -1].all():
+        raise ConfigError("attention_mask: every row needs at least one real token")
+    return ids.astype(np.int32), mask
+
+
+def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int = 24,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+             repetition_penalty: float = 1.0, eos_token_id: int | None = None,
+             pad_token_id: int = 0, seed: int = 0, *, num_beams: int = 1,
+             length_penalty: float = 1.0, decoder_start_token_id: int | None = None,
+             vocab_size: int | None = None, use_cache: bool = True,
+             on_token: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """New token ids (batch, max_new_tokens) after left-padded prompts `input_ids` (batch,
+    length) (a T5 model: the encoder's input). temperature 0 is greedy; a row that produced
+    `eos_token_id` is filled with `pad_token_id` after it. `vocab_size` keeps sampling off the
+    embedding table's padding rows; `on_token` gets each new column (batch,) as it comes.
+    num_beams > 1: beam search (inference/beam.py; deterministic, no on_token)."""
+    settings = Sampling(float(temperature), int(top_k), float(top_p), float(min_p),
+                        float(repetition_penalty), eos_token_id, int(pad_token_id), vocab_size)
+    check_sampling(settings, max_new_tokens)
+    if not isinstance(model, (Decoder, EncoderDecoder)):
+        raise ConfigError(f"generate needs a decoder or an encoder-decoder model, not "
+                          f"{type(model).__name__} (an encoder has no generative head)")
+    variables = _as_variables(params)
+    ids, mask = _prompts(input_ids, attention_mask)
+    batch, length = ids.shape
+    steps = max_new_tokens
+    if num_beams < 1:
+        raise ConfigError(f"num_beams={num_beams} must be >= 1")
+    if num_beams > 1 and (temperature or top_k or top_p < 1 or min_p):
+        raise ConfigError("num_beams > 1 searches, it does not sample: leave temperature, top_k, "
+                          "top_p and min_p off")
+    longest = max(length, steps) if isinstance(model, EncoderDecoder) else length + steps
+    if model.cfg.positions.kind == "learned" and longest > model.cfg.max_seq_len:
+        raise ConfigError(f"{length} prompt + {steps} new tokens exceed model.max_seq_len="
+                          f"{model.cfg.max_seq_len}, the learned position table")
+    if num_beams > 1:   # each prompt repeated: one row per beam
+        ids, mask = np.repeat(ids, num_beams, axis=0), np.repeat(mask, num_beams, axis=0)
+    rows = len(ids)
+    if isinstance(model, EncoderDecoder):
+        start = pad_token_id if decoder_start_token_id is None else decoder_start_token_id
+        prev = np.full((rows, 1 + steps), -1, np.int32)
+        prev[:, 0] = start
+        next_logits = encdec_steps(model, variables, ids, mask, start, steps, use_cache)
+        offset = 1
+    else:
+        prev = np.concatenate([ids, np.full((rows, steps), -1, np.int32)], axis=1)
+        next_logits = decoder_steps(model, variables, ids, mask, steps, use_cache)
+        offset = length
+    if num_beams > 1:
+        return beam_search(next_logits, prev, offset, batch, num_beams, steps, vocab_size,
+                           float(repetition_penalty), float(length_penalty), eos_token_id,
+                           int(pad_token_id))
+    key = jax.random.PRNGKey(seed)
+    finished = jnp.zeros((batch,), bool)
+    out = np.full((batch, steps), pad_token_id, np.int32)
+    logits = next(next_logits)
+    for t in range(steps):
+        token, finished = _pick(settings, logits, jnp.asarray(prev), finished, key, t)
+        out[:, t] = prev[:, offset + t] = np.asarray(token)
+        if on_token is not None:
+            on_token(out[:, t])
+        if t + 1 == steps or bool(finished.all()):
             break
-        new.append(token)
-        context.append(token)
-    return new
+        logits = next_logits.send(token)
+    next_logits.close()
+    return out
+
+
+def decoder_steps(model, variables, ids, mask, steps, use_cache):
+    """The engine of `generate`: a generator of next-token logits (batch, vocab), first after
+    the left-padded prompts ids (mask: real tokens), then after each token column (batch,) sent
+    to it, for up to `steps` tokens (the cache's size). Beam search sends (tokens, rows): row r
+    continues the sequence of row rows[r], so the cache is reordered first."""
+    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
+    last = positions[:, -1]
+    if not use_cache:
+        tokens = np.concatenate([ids, np.zeros((len(ids), steps), np.int32)], axis=1)
+        full_positions = np.concatenate([positions, last[:, None] + 1 + np.arange(steps)], 1)
+        valid = np.concatenate([mask, np.ones((len(ids), steps), bool)], axis=1)
+        for t in range(steps):
+            logits = _decoder_full(model, variables, jnp.asarray(tokens), full_positions, valid,
+                                   ids.shape[1] - 1 + t)
+            token, rows = _unpack((yield logits))
+            tokens = tokens if rows is None else tokens[rows]
+            tokens[:, ids.shape[1] + t] = np.asarray(token)
+        return
+    size = cache_slots(model.cfg, ids.shape[1], steps)
+    example = jnp.zeros((len(ids), size), jnp.int32)
+    cache = _empty_cache(lambda t: model.apply(variables, t, t - 1, decode="prefill",
+                                               mutable=["cache"])[1]["cache"], example)
+    logits, cache = _decoder_cached(model, "prefill", variables, cache, ids, positions)
+    for t in range(steps):
+        token, rows = _unpack((yield logits))
+        cache = cache if rows is None else _reorder_cache(cache, jnp.asarray(rows))
+        logits, cache = _decoder_cached(model, "step", variables, cache, token[:, None],
+                                        jnp.asarray(last + 1 + t)[:, None])
+
+
+def encdec_steps(model, variables, ids, mask, start, steps, use_cache):
+    """As decoder_steps, for an encoder-decoder: the encoder runs once."""
+    batch = len(ids)
+    decoder_tokens = np.full((batch, steps), start, np.int32)
+    if not use_cache:
+        for t in range(steps):
+            token, rows = _unpack((yield _encdec_full(model, variables, ids, mask,
+                                                      jnp.asarray(decoder_tokens), t)))
+            decoder_tokens = decoder_tokens if rows is None else decoder_tokens[rows]
+            if t + 1 < steps:
+                decoder_tokens[:, t + 1] = np.asarray(token)
+        return
+    encoded = _encode(model, variables, ids, mask)
+    example = jnp.zeros((batch, steps), jnp.int32)
+    cache = _empty_cache(lambda e, t: model.apply(variables, e, t, t, mask, "prefill",
+                                                  method="decode", mutable=["cache"])[1]["cache"],
+                         encoded, example)
+    positions = jnp.zeros((batch, 1), jnp.int32)
+    logits, cache = _encdec_cached(model, "prefill", variables, cache, encoded, mask,
+                                   decoder_tokens[:, :1], positions)
+    for t in range(steps):
+        token, rows = _unpack((yield logits))
+        cache = cache if rows is None else _reorder_cache(cache, jnp.asarray(rows))
+        logits, cache = _encdec_cached(model, "step", variables, cache, encoded, mask,
+                                       token[:, None], positions + 1 + t)

@@ -5,6 +5,9 @@ boolean mask (padding, prefix LM) and additive bias (ALiBi, T5 relative position
 window (`local_window_size`), and cross-attention (keys/values from `context`).
 `num_kv_heads < num_heads` shares each key/value head among a group of query heads (GQA; 1 is MQA).
 `attention_impl` picks the kernel: 'xla' everywhere, 'cudnn' for the fused flash kernel on GPUs.
+With `decode` set ("prefill", then "step" once per new token) the keys and values live in the
+'cache' collection (models/kv_cache.py); the caller's mask then says which cached keys each query
+sees (causality, padding and the window included).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import flax.linen as nn
 import jax
 
 from foundations.config import ModelConfig
+from foundations.models.kv_cache import cache_cross_attention, cache_self_attention
 from foundations.models.layers import Einsum, constrain, residual_std
 from foundations.models.positions import apply_rope, scaled_rope
 
@@ -27,6 +31,7 @@ class Attention(nn.Module):
     """Self-attention (context None) or cross-attention; `causal` masks future keys."""
     cfg: ModelConfig
     causal: bool = True
+    decode: str = ""   # "": no cache; "prefill" (an empty cache), then "step" (one token)
 
     @nn.compact
     def __call__(self, x, positions, deterministic: bool = True, mask=None, bias=None,
@@ -40,13 +45,20 @@ class Attention(nn.Module):
                           cfg.init_std, bias_axes=axes[1:], name=name)(inputs)
 
         q = project(x, cfg.num_heads, "query")
-        k = project(kv_input, cfg.num_kv_heads, "key")
-        v = project(kv_input, cfg.num_kv_heads, "value")
+        if context is not None and self.decode == "step":  # computed once, at the prefill
+            k, v = cache_cross_attention(self, None, None)
+        else:
+            k = project(kv_input, cfg.num_kv_heads, "key")
+            v = project(kv_input, cfg.num_kv_heads, "value")
         if cfg.positions.kind == "rope" and context is None:
             rope_positions, theta = scaled_rope(positions, cfg.head_dim, cfg.positions.theta,
                                                 cfg.positions.scaling, cfg.positions.factor)
             q = apply_rope(q, rope_positions, theta)
             k = apply_rope(k, rope_positions, theta)
+        if self.decode and context is None:
+            k, v = cache_self_attention(self, k, v, self.decode)
+        elif self.decode == "prefill":
+            cache_cross_attention(self, k, v)
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -56,7 +68,8 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(
             q, k, v, bias=bias, mask=mask, is_causal=self.causal, implementation=impl,
             scale=None if cfg.scale_attention else 1.0,
-            local_window_size=window(cfg, self.causal) if context is None else None)
+            local_window_size=window(cfg, self.causal) if context is None and not self.decode
+            else None)
         out = constrain(out, ("batch", "length", "act_heads", "head_dim"))
         out = Einsum(cfg, "bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.d_model),
                      ("heads", "head_dim", "embed"), residual_std(cfg), bias_axes=("embed",),

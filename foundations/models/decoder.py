@@ -15,9 +15,10 @@ import jax.numpy as jnp
 
 from foundations.config import ModelConfig
 from foundations.models.attention import Attention
+from foundations.models.kv_cache import CachedPositions, decode_mask
 from foundations.models.layers import Einsum, Embedding, Mlp, Norm, constrain
 from foundations.models.moe import MoeMlp
-from foundations.models.positions import add_positions, attention_bias
+from foundations.models.positions import add_positions, attention_bias, positions_bias
 
 REMAT_POLICIES = {
     "full": None,  # keep nothing, recompute the whole block in the backward pass
@@ -32,6 +33,7 @@ class Block(nn.Module):
     deterministic: bool = True
     causal: bool = True
     cross: bool = False
+    decode: str = ""   # "", "prefill" or "step": attention reads and writes the KV cache
 
     @nn.compact
     def __call__(self, x, positions, mask=None, bias=None, context=None, context_mask=None):
@@ -42,10 +44,10 @@ class Block(nn.Module):
                 return Norm(cfg, name=f"{name}_norm")(x + layer(x))
             return x + layer(Norm(cfg, name=f"{name}_norm")(x))
 
-        x = residual(x, lambda h: Attention(cfg, self.causal, name="attention")(
+        x = residual(x, lambda h: Attention(cfg, self.causal, self.decode, name="attention")(
             h, positions, det, mask, bias), "attention")
         if self.cross:
-            x = residual(x, lambda h: Attention(cfg, False, name="cross_attention")(
+            x = residual(x, lambda h: Attention(cfg, False, self.decode, name="cross_attention")(
                 h, positions, det, context_mask, None, context), "cross_attention")
         mlp = MoeMlp if cfg.moe.num_experts else Mlp
         x = residual(x, lambda h: mlp(cfg, name="mlp")(h, det), "mlp")
@@ -53,39 +55,52 @@ class Block(nn.Module):
 
 
 def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
-                   causal: bool = True, cross: bool = False, num_layers: int = 0):
+                   causal: bool = True, cross: bool = False, num_layers: int = 0,
+                   decode: str = ""):
     """num_layers (default cfg.num_layers) Blocks under nn.scan (and nn.remat if asked); params
-    get a `layers` axis. Call with (x, positions, mask, bias, context, context_mask)."""
+    (and KV caches) get a `layers` axis. Call with (x, positions, mask, bias, context,
+    context_mask)."""
     block = Block
     if cfg.remat != "none":
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
-    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
+    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                       length=num_layers or cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-    return scanned(cfg, deterministic, causal, cross, name=name)
+    return scanned(cfg, deterministic, causal, cross, decode, name=name)
 
 
 class Decoder(nn.Module):
     """Maps token ids (B, T) to next-token logits (B, T, vocab_size). A boolean `mask`
-    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix)."""
+    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix).
+
+    `decode="prefill"` (the prompt, into an empty cache) and then `decode="step"` (one token a
+    call) run against the 'cache' collection (apply with mutable=["cache"]); `positions` are then
+    required, -1 marking padding (inference/generate.py)."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
-    def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None):
+    def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
+                 decode: str = ""):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        if decode:
+            key_positions, key_valid = CachedPositions(name="cache_positions")(positions, decode)
+            mask = decode_mask(cfg, positions, key_positions, key_valid)
+            bias = positions_bias(cfg, positions, key_positions, bidirectional=False)
+            positions = jnp.maximum(positions, 0)  # padding (-1) is masked out: any will do
         embed = Embedding(cfg, cfg.vocab_size, ("vocab", "embed"), name="token_embed")
         x = add_positions(cfg, embed(tokens), positions)
         x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
         x = constrain(x, ("batch", "length", "act_embed"))
-        bias = attention_bias(cfg, tokens.shape[1], bidirectional=False)
+        if not decode:
+            bias = attention_bias(cfg, tokens.shape[1], bidirectional=False)
         if self.pipeline is not None and not self.is_initializing():
             x = self.pipeline(cfg, self.variables["params"]["blocks"], x, positions)
         else:
-            x, _ = stacked_blocks(cfg, deterministic, causal=mask is None)(
+            x, _ = stacked_blocks(cfg, deterministic, causal=mask is None, decode=decode)(
                 x, positions, mask, bias, None, None)
         x = Norm(cfg, name="final_norm")(x)
         if cfg.tie_embeddings:

@@ -13,40 +13,61 @@ import jax.numpy as jnp
 
 from foundations.config import ModelConfig
 from foundations.models.decoder import stacked_blocks
+from foundations.models.kv_cache import CachedPositions, decode_mask
 from foundations.models.layers import Einsum, Embedding, Norm, constrain
-from foundations.models.positions import add_positions, attention_bias
+from foundations.models.positions import add_positions, attention_bias, positions_bias
 
 
 class EncoderDecoder(nn.Module):
-    """(inputs (B, S), decoder_inputs (B, T)[, input_padding (B, S)]) -> logits (B, T, vocab)."""
+    """(inputs (B, S), decoder_inputs (B, T)[, input_padding (B, S)]) -> logits (B, T, vocab).
+
+    For generation, `encode` runs the encoder once and `decode` runs the decoder against the KV
+    cache (models/kv_cache.py), cross-attending to the encoder's output."""
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, inputs, decoder_inputs, input_padding=None, deterministic: bool = True):
+    def __call__(self, inputs, decoder_inputs, input_padding=None, deterministic: bool = True,
+                 encoded=None, decoder_positions=None, decode: str = ""):
+        """decoder_inputs None: stop after the encoder; `encoded` given: skip it."""
         cfg = self.cfg
         embed = Embedding(cfg, cfg.vocab_size, ("vocab", "embed"), name="token_embed")
 
-        def embed_stack(tokens, name):
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        def embed_stack(tokens, name, positions=None):
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
             x = embed(tokens)
             if cfg.positions.kind in ("learned", "sinusoidal"):
                 x = _Positions(cfg, name=f"{name}_positions")(x, positions)
             x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
             return constrain(x, ("batch", "length", "act_embed")), positions
 
-        x, positions = embed_stack(inputs, "encoder")
         mask = None if input_padding is None else input_padding[:, None, None, :]
-        bias = attention_bias(cfg, inputs.shape[1], bidirectional=True, name="encoder_rel_bias")
-        x, _ = stacked_blocks(cfg, deterministic, name="encoder", causal=False)(
-            x, positions, mask, bias, None, None)
-        context = Norm(cfg, name="encoder_norm")(x)
+        context = encoded
+        if context is None:
+            x, positions = embed_stack(inputs, "encoder")
+            bias = attention_bias(cfg, inputs.shape[1], bidirectional=True,
+                                  name="encoder_rel_bias")
+            x, _ = stacked_blocks(cfg, deterministic, name="encoder", causal=False)(
+                x, positions, mask, bias, None, None)
+            context = Norm(cfg, name="encoder_norm")(x)
+            if decoder_inputs is None:
+                return context
 
-        y, positions = embed_stack(decoder_inputs, "decoder")
-        bias = attention_bias(cfg, decoder_inputs.shape[1], bidirectional=False,
-                              name="decoder_rel_bias")
-        y, _ = stacked_blocks(cfg, deterministic, name="decoder", causal=True, cross=True,
-                              num_layers=cfg.num_decoder_layers)(
-            y, positions, None, bias, context, mask)
+        self_mask = None
+        if decode:
+            positions = decoder_positions
+            key_positions, key_valid = CachedPositions(name="decoder_cache_positions")(
+                positions, decode)
+            self_mask = decode_mask(cfg, positions, key_positions, key_valid)
+            bias = positions_bias(cfg, positions, key_positions, bidirectional=False,
+                                  name="decoder_rel_bias")
+        else:
+            bias = attention_bias(cfg, decoder_inputs.shape[1], bidirectional=False,
+                                  name="decoder_rel_bias")
+        y, positions = embed_stack(decoder_inputs, "decoder", decoder_positions)
+        y, _ = stacked_blocks(cfg, deterministic, name="decoder", causal=not decode, cross=True,
+                              num_layers=cfg.num_decoder_layers, decode=decode)(
+            y, positions, self_mask, bias, context, mask)
         y = Norm(cfg, name="decoder_norm")(y)
         if cfg.tie_embeddings:
             logits = embed.attend(y * cfg.d_model ** -0.5)
@@ -54,6 +75,16 @@ class EncoderDecoder(nn.Module):
             logits = Einsum(cfg, "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             cfg.init_std, name="lm_head")(y)
         return constrain(logits, ("batch", "length", "act_vocab"))
+
+    def encode(self, inputs, input_padding=None):
+        """The encoder's output (B, S, d_model), which `decode` cross-attends to."""
+        return self(inputs, None, input_padding)
+
+    def decode(self, encoded, decoder_inputs, positions, input_padding=None, mode="step"):
+        """Decoder logits (B, T, vocab) against the KV cache: mode "prefill" (restarts it and
+        stores the cross-attention keys/values), then "step" (one token per row)."""
+        return self(None, decoder_inputs, input_padding, encoded=encoded,
+                    decoder_positions=positions, decode=mode)
 
 
 class _Positions(nn.Module):

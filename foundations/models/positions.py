@@ -76,9 +76,11 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
 
 def alibi_bias(q_positions: jax.Array, k_positions: jax.Array, num_heads: int) -> jax.Array:
-    """-slope_h * |i - j|: a penalty linear in the distance; (Tq,), (Tk,) -> (1, H, Tq, Tk)."""
-    distance = jnp.abs(q_positions[:, None] - k_positions[None, :]).astype(jnp.float32)
-    return -alibi_slopes(num_heads)[None, :, None, None] * distance[None, None]
+    """-slope_h * |i - j|: a penalty linear in the distance; (Tq,), (Tk,) -> (1, H, Tq, Tk),
+    or per row: (B, Tq), (B, Tk) -> (B, H, Tq, Tk)."""
+    distance = jnp.abs(q_positions[..., :, None] - k_positions[..., None, :]).astype(jnp.float32)
+    bias = -alibi_slopes(num_heads)[:, None, None] * distance[..., None, :, :]
+    return bias if bias.ndim == 4 else bias[None]
 
 
 def relative_position_bucket(relative: jax.Array, bidirectional: bool, num_buckets: int,
@@ -108,25 +110,34 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int) -> jax.Array:
+    def __call__(self, relative: jax.Array) -> jax.Array:
+        """Key minus query positions (Tq, Tk) or (B, Tq, Tk) -> bias (1 or B, H, Tq, Tk)."""
         cfg = self.cfg
         table = self.param("table", normal(cfg.init_std, ("position", "heads")),
                            (cfg.positions.buckets, cfg.num_heads), jnp.float32)
-        relative = jnp.arange(k_len)[None, :] - jnp.arange(q_len)[:, None]
         buckets = relative_position_bucket(relative, self.bidirectional, cfg.positions.buckets,
                                            cfg.positions.max_distance)
-        return jnp.transpose(table[buckets], (2, 0, 1))[None]  # (1, H, Tq, Tk)
+        bias = jnp.moveaxis(table[buckets], -1, -3)
+        return bias if bias.ndim == 4 else bias[None]
+
+
+def positions_bias(cfg: ModelConfig, q_positions: jax.Array, k_positions: jax.Array,
+                   bidirectional: bool, name: str = "rel_bias"):
+    """The additive attention bias a stack's position scheme asks for (alibi, t5_bias), or None,
+    for query and key positions (T,) or per row (B, T). Call inside a compact module: t5_bias
+    creates its table there."""
+    if cfg.positions.kind == "alibi":
+        return alibi_bias(q_positions, k_positions, cfg.num_heads)
+    if cfg.positions.kind == "t5_bias":
+        relative = k_positions[..., None, :] - q_positions[..., :, None]
+        return RelativePositionBias(cfg, bidirectional, name=name)(relative)
+    return None
 
 
 def attention_bias(cfg: ModelConfig, length: int, bidirectional: bool, name: str = "rel_bias"):
-    """The additive attention bias a stack's position scheme asks for (alibi, t5_bias), or None.
-    Call inside a compact module: t5_bias creates its table there."""
-    if cfg.positions.kind == "alibi":
-        positions = jnp.arange(length)
-        return alibi_bias(positions, positions, cfg.num_heads)
-    if cfg.positions.kind == "t5_bias":
-        return RelativePositionBias(cfg, bidirectional, name=name)(length, length)
-    return None
+    """positions_bias over positions 0..length-1 (training, and a prompt without a cache)."""
+    positions = jnp.arange(length)
+    return positions_bias(cfg, positions, positions, bidirectional, name)
 
 
 def add_positions(cfg: ModelConfig, x: jax.Array, positions: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ from foundations.config import (Config, ConfigError, changed_settings, incompati
 from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
                                        train_iterator)
 from foundations.train.evaluate import describe, evaluate
-from foundations.inference.generate import generate
+from foundations.inference.text import generate_text
 from foundations.parallel.mesh import make_mesh
 from foundations.train import checkpoint
 from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
@@ -195,9 +195,18 @@ def check_resumable(config: Config, run_dir: Path) -> list:
 
 def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
                 temperature: float, seed: int) -> str:
-    ids = generate(trainer, params, tokenizer.encode(prompt), max_new_tokens, temperature, seed,
-                   vocab_size=tokenizer.vocab_size, stop_id=getattr(tokenizer, "eos_id", None))
-    return prompt + tokenizer.decode(ids)
+    """The prompt and what the model writes after it (KV-cached, in windows of data.seq_len)."""
+    return prompt + generate_text(trainer.plain_model, params, tokenizer, prompt, max_new_tokens,
+                                  context_length(trainer.config), temperature=temperature,
+                                  seed=seed)
+
+
+def context_length(config: Config) -> int:
+    """The longest sequence a run's model reads at once: its training window (and for learned
+    positions, no more than the table)."""
+    if config.model.positions.kind == "learned":
+        return min(config.data.seq_len, config.model.max_seq_len)
+    return config.data.seq_len
 
 
 def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool = True):

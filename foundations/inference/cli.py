@@ -1,0 +1,80 @@
+"""`foundations generate`: a run's model writes after a prompt, token by token as they come.
+
+Imports nothing heavy at module level: the command line builds its parser before JAX may load.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def add_sampling_arguments(p) -> None:
+    """The sampling flags (Hugging Face's names and defaults: every processor off)."""
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0: off")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens whose probabilities sum to p; 1: off")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="keep tokens at least min-p times as likely as the best; 0: off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already written less likely; 1: off")
+    p.add_argument("--num-beams", type=int, default=1, help="1: no beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: a hypothesis scores sum log p / length ** this")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def generate_command(args) -> None:
+    """Loads the run, checks the flags (one line for a bad one), streams each sample to stdout
+    and its speed to stderr."""
+    from foundations.config import ConfigError
+    from foundations.inference.generate import Sampling, check_sampling
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+    check_sampling(Sampling(**sampling), args.max_new_tokens, as_flags=True)
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams must be >= 1 (got {args.num_beams})")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
+    if args.num_beams > 1 and (args.temperature or args.top_k or args.top_p < 1 or args.min_p):
+        raise ConfigError("--num-beams > 1 searches, it does not sample: leave --temperature, "
+                          "--top-k, --top-p and --min-p off")
+    sampling.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
+    from pathlib import Path
+
+    from foundations.config import load_config
+    from foundations.inference.text import generate_text
+    from foundations.train.loop import context_length, load_run
+    saved = Path(args.run_dir) / "config.yaml"
+    run = load_config(saved) if saved.is_file() else None  # refused before the restore
+    if run is not None and run.model.family == "encoder":
+        raise ConfigError(f"{args.run_dir} is a model.family=encoder run (objective.kind="
+                          f"{run.objective.kind}): it has no generative head; generate runs "
+                          "decoder and encdec runs (eval scores encoders)")
+    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
+    decoder = config.model.family == "decoder"
+    for i in range(args.num_samples):
+        if decoder:
+            print(args.prompt, end="", flush=True)
+        arrivals = []   # when each token came
+        start = time.perf_counter()
+        generate_text(trainer.plain_model, state["params"], tokenizer, args.prompt,
+                      args.max_new_tokens, context_length(config),
+                      on_text=lambda piece: print(piece, end="", flush=True),
+                      on_token=lambda _: arrivals.append(time.perf_counter()),
+                      seed=args.seed + i, **sampling)
+        print(flush=True)
+        if args.num_beams > 1:   # the best beam is known only at the end
+            print(f"[{len(arrivals)} tokens in {arrivals[-1] - start:.2f} s: "
+                  f"{len(arrivals) / (arrivals[-1] - start):,.1f} tokens/s, compilation included]",
+                  file=sys.stderr, flush=True)
+        else:   # the first two tokens wait for the prefill and the compilation of the step
+            steady = (f", then {(len(arrivals) - 2) / (arrivals[-1] - arrivals[1]):,.1f} "
+                      "tokens/s" if len(arrivals) > 2 else "")
+            print(f"[{len(arrivals)} tokens; the first after {arrivals[0] - start:.2f} s{steady}]",
+                  file=sys.stderr, flush=True)
+        if i + 1 < args.num_samples:
+            print("-" * 40)
