@@ -113,7 +113,7 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
                 tmp_path / "bert" / "config.yaml")
     assert main(["generate", "--run-dir", str(tmp_path / "bert")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model.family=encoder has no generative head" in err
+    assert err.count("\n") == 1 and "model.family=encoder run (objective.kind=mlm): it has no" in err
 
 
 def test_beam_search_with_the_cache_equals_without(family):
