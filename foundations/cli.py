@@ -77,6 +77,24 @@ def _generate(args) -> None:
     generate_command(args)
 
 
+def add_sampling_arguments(p) -> None:
+    """The sampling flags (Hugging Face's names and defaults: every processor off)."""
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0: off")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens whose probabilities sum to p; 1: off")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="keep tokens at least min-p times as likely as the best; 0: off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already written less likely; 1: off")
+    p.add_argument("--num-beams", type=int, default=1, help="1: no beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: a hypothesis scores sum log p / length ** this")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foundations", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="")
     p.add_argument("--override", dest="overrides", action="append", default=[],
                    help="section.key=value applied to the run's config")
-    from foundations.inference.cli import add_sampling_arguments
     add_sampling_arguments(p)
     p.set_defaults(func=_generate)
 

@@ -1,30 +1,13 @@
 """`foundations generate`: a run's model writes after a prompt, token by token as they come.
 
-Imports nothing heavy at module level: the command line builds its parser before JAX may load.
+Imports nothing heavy at module level (the flags are defined in foundations/cli.py, which builds
+its parser before JAX may load: importing any module of this package loads JAX).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-
-
-def add_sampling_arguments(p) -> None:
-    """The sampling flags (Hugging Face's names and defaults: every processor off)."""
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0: off")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="keep the most likely tokens whose probabilities sum to p; 1: off")
-    p.add_argument("--min-p", type=float, default=0.0,
-                   help="keep tokens at least min-p times as likely as the best; 0: off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 makes tokens already written less likely; 1: off")
-    p.add_argument("--num-beams", type=int, default=1, help="1: no beam search")
-    p.add_argument("--length-penalty", type=float, default=1.0,
-                   help="beam search: a hypothesis scores sum log p / length ** this")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
 
 
 def generate_command(args) -> None:
