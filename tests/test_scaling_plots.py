@@ -33,7 +33,7 @@ def test_plot_writes_png_and_svg(tmp_path):
 
 def test_probe_figure_only_when_probe_measured(tmp_path):
     results = write_sweep(tmp_path / "sweep", with_probe=False, fmt="csv")
-    assert plot_probe_accuracy(load_results(results), tmp_path) == []
+    assert plot_probe_accuracy(load_results(results), {"size_column": "n_params"}, tmp_path) == []
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -31,7 +31,11 @@ def _save(fig, out_dir, name):
     return paths
 
 
-def _size_colorbar(fig, ax, norm, label="non-embedding parameters N"):
+SIZE_LABELS = {"n_params": "non-embedding parameters N",
+               "n_compute": "N = training FLOPs per token / 6"}
+
+
+def _size_colorbar(fig, ax, norm, label):
     sm = plt.cm.ScalarMappable(norm=norm, cmap=CMAP)
     fig.colorbar(sm, ax=ax, label=label)
 
@@ -44,10 +48,10 @@ def chinchilla_label(params):
 
 def plot_loss_vs_compute(rows, analysis, out_dir):
     """Every run's training curve against C = 6 N tokens, final validation losses, and the fitted frontier."""
-    N = np.array([r["n_params"] for r in rows], dtype=float)
+    N, D, final = columns(rows, analysis["size_column"], "tokens", analysis["loss_column"])
     norm = LogNorm(N.min(), N.max() * 1.0001)
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    for row in rows:
+    for row, n in zip(rows, N):
         try:
             curve = load_curve(row["curve_path"])
         except OSError:
@@ -55,9 +59,8 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
         tokens = np.array([p["tokens"] for p in curve], dtype=float)
         loss = np.array([p["loss"] for p in curve], dtype=float)
         keep = tokens > 0
-        ax.plot(6 * row["n_params"] * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(row["n_params"])),
-                lw=0.8, alpha=0.6)
-    flops, final = columns(rows, "flops_6nd", analysis["loss_column"])
+        ax.plot(6 * n * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(n)), lw=0.8, alpha=0.6)
+    flops = 6 * N * D
     ax.scatter(flops, final, c=N, cmap=CMAP, norm=norm, s=18, edgecolors="k", linewidths=0.4, zorder=3,
                label=f"final {analysis['loss_column']}")
     fit3 = analysis["chinchilla"]
@@ -71,14 +74,14 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
     ax.grid(True, which="both", alpha=0.2)
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
-    _size_colorbar(fig, ax, norm)
+    _size_colorbar(fig, ax, norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "loss_vs_compute")
 
 
 def plot_isoflop(rows, analysis, out_dir):
     """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N, and its minimum."""
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    N, loss, budget = columns(rows, "n_params", analysis["loss_column"], "budget")
+    N, loss, budget = columns(rows, analysis["size_column"], analysis["loss_column"], "budget")
     iso = analysis["isoflop"]
     budgets = np.unique(budget[np.isfinite(budget)])
     if len(budgets) == 0:
@@ -98,7 +101,7 @@ def plot_isoflop(rows, analysis, out_dir):
     title = "IsoFLOP profiles: parabola in log N per budget, ★ = its minimum N_opt(C)"
     if "fit" in iso:
         title += f"\nN_opt ∝ C^{iso['fit']['a']:.3f},  D_opt ∝ C^{iso['fit']['b']:.3f}"
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=f"final {analysis['loss_column']} (nats/token)",
+    ax.set(xscale="log", xlabel=SIZE_LABELS[analysis["size_column"]], ylabel=f"final {analysis['loss_column']} (nats/token)",
            title=title)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, which="both", alpha=0.2)
@@ -162,7 +165,7 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
     fit3 = analysis["chinchilla"]
     if "params" not in fit3:
         return []
-    N, D, loss = columns(rows, "n_params", "tokens", analysis["loss_column"])
+    N, D, loss = columns(rows, analysis["size_column"], "tokens", analysis["loss_column"])
     predicted = F.predict_loss(fit3["params"], N, D)
     rms_log = float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2)))
     fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
@@ -176,28 +179,29 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
             transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "alpha": 0.8})
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, alpha=0.2)
-    _size_colorbar(fig, ax, norm)
+    _size_colorbar(fig, ax, norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "predicted_vs_observed")
 
 
-def plot_probe_accuracy(rows, out_dir):
+def plot_probe_accuracy(rows, analysis, out_dir):
     """The emergent-ability probe's accuracy vs N and vs C (only when the sweep measured probe_acc)."""
     with_probe = [r for r in rows if r.get("probe_acc") is not None]
     if not with_probe:
         return []
-    N, C, acc = columns(with_probe, "n_params", "flops_6nd", "probe_acc")
+    N, D, acc = columns(with_probe, analysis["size_column"], "tokens", "probe_acc")
+    C = 6 * N * D
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     c_norm = LogNorm(C.min(), C.max() * 1.0001)
     axes[0].scatter(N, acc, c=C, cmap="plasma", norm=c_norm, s=22, edgecolors="k", linewidths=0.4)
     fig.colorbar(plt.cm.ScalarMappable(norm=c_norm, cmap="plasma"), ax=axes[0], label="compute C (FLOPs)")
-    axes[0].set(xlabel="non-embedding parameters N", title="Probe accuracy vs model size (colour: compute)")
+    axes[0].set(xlabel=SIZE_LABELS[analysis["size_column"]], title="Probe accuracy vs model size (colour: compute)")
     norm = LogNorm(N.min(), N.max() * 1.0001)
     axes[1].scatter(C, acc, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
     axes[1].set(xlabel="training compute C = 6ND (FLOPs)", title="Probe accuracy vs compute (colour: N)")
     for ax in axes:
         ax.set(xscale="log", ylabel="probe accuracy", ylim=(-0.03, 1.03))
         ax.grid(True, which="both", alpha=0.2)
-    _size_colorbar(fig, axes[1], norm)
+    _size_colorbar(fig, axes[1], norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "probe_accuracy")
 
 
@@ -210,5 +214,5 @@ def plot_all(rows, analysis, out_dir):
     paths += plot_isoflop(rows, analysis, out_dir)
     paths += plot_optimal_allocation(rows, analysis, out_dir)
     paths += plot_predicted_vs_observed(rows, analysis, out_dir)
-    paths += plot_probe_accuracy(rows, out_dir)
+    paths += plot_probe_accuracy(rows, analysis, out_dir)
     return paths

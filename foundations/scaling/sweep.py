@@ -25,7 +25,7 @@ def final_train_loss(run_dir: Path) -> float:
 
 def result_row(spec, run_dir: Path, out_dir: Path, summary: dict, wall_time: float) -> dict:
     row = {"run_id": spec.run_id, "size": spec.size, "n_params": spec.n_params,
-           "n_params_total": spec.n_params_total, "tokens": spec.tokens,
+           "n_params_total": spec.n_params_total, "n_compute": spec.n_compute, "tokens": spec.tokens,
            "flops_6nd": spec.flops_6nd, "flops": spec.flops,
            "train_loss": final_train_loss(run_dir), "val_loss": summary["val_loss"],
            "budget": spec.budget, "curve": str((run_dir / "metrics.jsonl").relative_to(out_dir)),
