@@ -78,8 +78,21 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
     return _save(fig, out_dir, "loss_vs_compute")
 
 
+def _profile_resamples(N, loss, C, log_n, n_boot=50, seed=0):
+    """One budget's parabola refitted on bootstrap resamples of its runs, evaluated at log_n."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        idx = rng.choice(len(N), size=len(N), replace=True)
+        profile = F.isoflop_profile(N[idx], loss[idx], C)
+        if profile is not None:
+            curves.append(np.polyval(profile["coeffs"], log_n))
+    return curves
+
+
 def plot_isoflop(rows, analysis, out_dir):
-    """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N, and its minimum."""
+    """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N with its 95% bootstrap
+    band (the budget's runs resampled), and its minimum."""
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
     N, loss, budget = columns(rows, analysis["size_column"], analysis["loss_column"], "budget")
     iso = analysis["isoflop"]
@@ -97,6 +110,7 @@ def plot_isoflop(rows, analysis, out_dir):
             p = profiles[C]
             log_n = np.linspace(np.log(N[mask].min()) - 0.3, np.log(N[mask].max()) + 0.3, 100)
             ax.plot(np.exp(log_n), np.polyval(p["coeffs"], log_n), color=color, lw=1.2)
+            _fill_band(ax, np.exp(log_n), _profile_resamples(N[mask], loss[mask], C, log_n), color, 0.15)
             ax.scatter([p["N_opt"]], [p["loss_opt"]], marker="*", s=160, color=color, edgecolors="k", zorder=4)
     title = "IsoFLOP profiles: parabola in log N per budget, ★ = its minimum N_opt(C)"
     if "fit" in iso:
@@ -110,6 +124,8 @@ def plot_isoflop(rows, analysis, out_dir):
 
 def _fill_band(ax, x, curves, color, alpha):
     """Shades the 2.5-97.5 percentile band of bootstrap curves, ignoring degenerate (NaN) ones."""
+    if not len(curves):
+        return
     curves = np.array(curves, dtype=np.float64)
     curves = curves[np.isfinite(curves).all(axis=1) & (curves > 0).all(axis=1)]
     if len(curves):
@@ -122,7 +138,8 @@ def _interval_text(ci, name):
 
 def plot_optimal_allocation(rows, analysis, out_dir):
     """N_opt(C) and D_opt(C): IsoFLOP minima, the Approach-2 power laws and the Approach-3 closed form, 95% bands."""
-    flops, = columns(rows, "flops_6nd")
+    N, D = columns(rows, analysis["size_column"], "tokens")
+    flops = 6 * N * D
     C = np.geomspace(np.nanmin(flops) / 10, np.nanmax(flops) * 100, 100)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     iso, fit3 = analysis["isoflop"], analysis["chinchilla"]
@@ -161,7 +178,8 @@ def plot_optimal_allocation(rows, analysis, out_dir):
 
 
 def plot_predicted_vs_observed(rows, analysis, out_dir):
-    """Approach-3 prediction against each run's observed final loss; points on the diagonal are fitted well."""
+    """Approach-3 prediction against each run's observed final loss (points on the diagonal are fitted
+    well), and the held-out runs as predicted by the fit that did not see them."""
     fit3 = analysis["chinchilla"]
     if "params" not in fit3:
         return []
@@ -170,7 +188,16 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
     rms_log = float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2)))
     fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
     norm = LogNorm(N.min(), N.max() * 1.0001)
-    ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
+    ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4,
+               label="every run, fit on all")
+    ext = analysis["extrapolation"]
+    if "observed" in ext:
+        held_out = (f"C = {ext['held_out_budget']:.1e}" if "held_out_budget" in ext
+                    else "the largest size")
+        ax.scatter(ext["observed"], ext["predicted"], marker="*", s=140, c=ext["N"], cmap=CMAP, norm=norm,
+                   edgecolors="r", linewidths=0.8, zorder=4,
+                   label=f"held out ({held_out}), predicted: mean |error| "
+                         f"{100 * ext['mean_abs_relative_error']:.2f}%")
     lo, hi = min(loss.min(), predicted.min()), max(loss.max(), predicted.max())
     ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="predicted = observed")
     ax.set(xlabel=f"observed final {analysis['loss_column']} (nats/token)", ylabel="predicted L(N, D)",
