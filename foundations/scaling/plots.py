@@ -211,24 +211,33 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
 
 
 def plot_probe_accuracy(rows, analysis, out_dir):
-    """The emergent-ability probe's accuracy vs N and vs C (only when the sweep measured probe_acc)."""
+    """The probe against compute and against validation loss, in its exact-match metric (with 95%
+    intervals where the sweep recorded them) and its continuous one (only when measured)."""
     with_probe = [r for r in rows if r.get("probe_acc") is not None]
     if not with_probe:
         return []
-    N, D, acc = columns(with_probe, analysis["size_column"], "tokens", "probe_acc")
+    N, D, acc, val_loss = columns(with_probe, analysis["size_column"], "tokens", "probe_acc",
+                                  analysis["loss_column"])
     C = 6 * N * D
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
-    c_norm = LogNorm(C.min(), C.max() * 1.0001)
-    axes[0].scatter(N, acc, c=C, cmap="plasma", norm=c_norm, s=22, edgecolors="k", linewidths=0.4)
-    fig.colorbar(plt.cm.ScalarMappable(norm=c_norm, cmap="plasma"), ax=axes[0], label="compute C (FLOPs)")
-    axes[0].set(xlabel=SIZE_LABELS[analysis["size_column"]], title="Probe accuracy vs model size (colour: compute)")
+    lo, hi, logprob = columns(with_probe, "probe_acc_lo", "probe_acc_hi", "probe_logprob")
+    metrics = [("exact match (share of words)", acc, (acc - lo, hi - acc))]
+    if np.isfinite(logprob).all():
+        metrics.append(("log-probability per token of the right word", logprob, None))
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(13, 4.5 * len(metrics)), layout="constrained",
+                             squeeze=False)
     norm = LogNorm(N.min(), N.max() * 1.0001)
-    axes[1].scatter(C, acc, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
-    axes[1].set(xlabel="training compute C = 6ND (FLOPs)", title="Probe accuracy vs compute (colour: N)")
-    for ax in axes:
-        ax.set(xscale="log", ylabel="probe accuracy", ylim=(-0.03, 1.03))
-        ax.grid(True, which="both", alpha=0.2)
-    _size_colorbar(fig, axes[1], norm, SIZE_LABELS[analysis["size_column"]])
+    colors = plt.get_cmap(CMAP)(norm(N))
+    for row_axes, (name, values, errors) in zip(axes, metrics):
+        for ax, x, xlabel in ((row_axes[0], C, "training compute C = 6ND (FLOPs)"),
+                              (row_axes[1], val_loss, f"final {analysis['loss_column']} (nats/token)")):
+            if errors is not None and np.isfinite(errors).all():
+                ax.errorbar(x, values, yerr=errors, fmt="none", ecolor="0.6", lw=0.8, zorder=2)
+            ax.scatter(x, values, c=colors, s=22, edgecolors="k", linewidths=0.4, zorder=3)
+            ax.set(xscale="log" if x is C else "linear", xlabel=xlabel, ylabel=name,
+                   title=f"Probe, {name.split(' (')[0]}, vs {'compute' if x is C else 'loss'}")
+            ax.grid(True, which="both", alpha=0.2)
+        row_axes[1].invert_xaxis()  # lower loss to the right, as compute grows to the right
+    _size_colorbar(fig, axes[:, 1].tolist(), norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "probe_accuracy")
 
 

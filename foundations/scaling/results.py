@@ -19,7 +19,8 @@ RESULT_COLUMNS = {
     "budget": float, "curve": str, "wall_time_s": float,
 }
 NULLABLE_COLUMNS = {"budget"}
-OPTIONAL_COLUMNS = {"probe_acc": float, "n_compute": float}
+OPTIONAL_COLUMNS = {"probe_acc": float, "probe_acc_lo": float, "probe_acc_hi": float,
+                    "probe_logprob": float, "n_compute": float}
 
 
 class ResultsError(ValueError):
