@@ -74,12 +74,12 @@ def test_bad_grid_key_is_named(sweep_file):
 
 def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
-    probed, real_probe = [], probe.next_word_accuracy  # the probe itself: test_probe.py
+    probed, real_probe = [], probe.next_word_probe  # the probe itself: test_probe.py
 
     def recording_probe(trainer, params, tokenizer, text, num_examples):
         probed.append((num_examples, real_probe(trainer, params, tokenizer, text, num_examples)))
         return probed[-1][1]
-    monkeypatch.setattr(probe, "next_word_accuracy", recording_probe)
+    monkeypatch.setattr(probe, "next_word_probe", recording_probe)
     rows = run_sweep(sweep_file, out, stop_after_runs=2)  # interrupted after two runs
     assert [r["run_id"] for r in rows] == ["L1_d16_C3e08", "L2_d32_C3e08"]
     assert (out / "status.txt").read_text().startswith("2/6 runs done")
@@ -94,7 +94,8 @@ def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeyp
     assert {"run_id", "n_params", "n_params_total", "tokens", "flops_6nd", "flops", "train_loss",
             "val_loss", "budget", "curve", "wall_time_s", "probe_acc"} <= set(table[0])
     assert all((out / row["curve"]).is_file() for row in table)
-    assert [row["probe_acc"] for row in table] == [acc for _, acc in probed]
+    assert [{k: v for k, v in row.items() if k.startswith("probe_")} for row in table] == [
+        result for _, result in probed]
     assert [examples for examples, _ in probed] == [8] * 6
     # more compute at a fixed size lowers the loss
     loss = {row["run_id"]: row["val_loss"] for row in table}
