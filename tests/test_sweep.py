@@ -67,6 +67,12 @@ def test_plan_keeps_the_sizes_nearest_the_tokens_per_param_guess(sweep_file):
         assert sorted(r.run_id for r in kept if r.budget == budget) == sorted(nearest)
 
 
+def test_val_points_spread_validation_over_each_run(sweep_file):
+    for run in plan_runs(*load_grid(sweep_file, ["grid.val_points=4"])):
+        assert run.config.train.eval_every == max(1, run.config.train.steps // 4)
+    assert {r.config.train.eval_every for r in plan_runs(*load_grid(sweep_file))} == {0}
+
+
 def test_bad_grid_key_is_named(sweep_file):
     with pytest.raises(ConfigError, match="unknown key 'grid.depth' \\(did you mean 'depths'"):
         load_grid(sweep_file, ["grid.depth=[1]"])

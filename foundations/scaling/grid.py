@@ -39,6 +39,8 @@ class GridConfig:
     lr_base: float = knob(3e-3, "learning rate at width lr_width", "> 0")
     lr_width: int = knob(64, "the width lr_base is for", "> 0")
     warmup_fraction: float = knob(0.1, "warmup, as a share of each run's steps", "[0, 1]")
+    val_points: int = knob(0, "validation losses along each run, for the loss-vs-compute curves "
+                              "(0: only the final one)", ">= 0")
     probe_examples: int = knob(200, "next-word probe on validation text; 0: no probe", ">= 0")
 
 
@@ -110,6 +112,8 @@ def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
                 continue
             set_path(tree, ["train", "steps"], steps)
             set_path(tree, ["schedule", "warmup_steps"], max(1, int(grid.warmup_fraction * steps)))
+            if grid.val_points:
+                set_path(tree, ["train", "eval_every"], max(1, steps // grid.val_points))
             config = config_from_tree(tree)
             tokens = steps * tokens_per_step
             in_budget.append(RunSpec(

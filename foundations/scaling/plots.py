@@ -47,17 +47,22 @@ def chinchilla_label(params):
 
 
 def plot_loss_vs_compute(rows, analysis, out_dir):
-    """Every run's training curve against C = 6 N tokens, final validation losses, and the fitted frontier."""
+    """Every run's curve against C = 6 N tokens (its validation losses where the run recorded more than
+    one, else its training loss), the final losses, and the fitted frontier."""
     N, D, final = columns(rows, analysis["size_column"], "tokens", analysis["loss_column"])
     norm = LogNorm(N.min(), N.max() * 1.0001)
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    val_curves = 0
     for row, n in zip(rows, N):
         try:
             curve = load_curve(row["curve_path"])
         except OSError:
             continue
-        tokens = np.array([p["tokens"] for p in curve], dtype=float)
-        loss = np.array([p["loss"] for p in curve], dtype=float)
+        validated = [p for p in curve if "val_loss" in p]
+        points, key = (validated, "val_loss") if len(validated) > 1 else (curve, "loss")
+        val_curves += key == "val_loss"
+        tokens = np.array([p["tokens"] for p in points], dtype=float)
+        loss = np.array([p[key] for p in points], dtype=float)
         keep = tokens > 0
         ax.plot(6 * n * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(n)), lw=0.8, alpha=0.6)
     flops = 6 * N * D
@@ -69,7 +74,9 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
         frontier = F.compute_optimal(fit3["params"], C)["loss"]
         ax.plot(C, frontier, "k--", lw=1.8, label=f"compute-optimal frontier of\n{chinchilla_label(fit3['params'])}")
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)", ylabel="loss (nats/token)",
-           title="Loss vs compute: every run's curve, coloured by model size")
+           title=f"Loss vs compute: {'validation' if val_curves == len(rows) else 'training'} curves"
+                 f"{'' if val_curves in (0, len(rows)) else f' ({val_curves} of them validation)'}"
+                 ", coloured by model size")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     ax.yaxis.set_major_formatter(ScalarFormatter())
