@@ -114,44 +114,49 @@ class SourceStats:
     tokens: dict = field(default_factory=lambda: {split: 0 for split in SPLITS})
 
 
-def select_documents(files: list[Path], options: PrepareOptions):
-    """(documents per split as (source index, text, utf-8 bytes), stats per source): exact
-    duplicates and documents under min_chars dropped; the validation split never empty."""
-    seen, chosen, stats = set(), {split: [] for split in SPLITS}, []
+def kept_documents(files: list[Path], options: PrepareOptions, stats: list | None = None):
+    """(source index, text, utf-8 bytes, content hash) of each document kept, in input order:
+    exact duplicates and documents under min_chars are dropped (and counted into `stats`)."""
+    seen = set()
     for index, path in enumerate(files):
-        source = SourceStats()
-        stats.append(source)
         for text in documents(path, options):
             if len(text.strip()) < options.min_chars:
-                source.too_short += 1
+                if stats is not None:
+                    stats[index].too_short += 1
                 continue
             doc_hash = content_hash(text)
             if doc_hash in seen:
-                source.duplicates += 1
+                if stats is not None:
+                    stats[index].duplicates += 1
                 continue
             seen.add(doc_hash)
-            source.documents += 1
             n_bytes = len(text.encode("utf-8"))
-            source.bytes += n_bytes
-            split = "val" if is_validation(doc_hash, options.val_fraction) else "train"
-            chosen[split].append((index, text, n_bytes, doc_hash))
-    total = len(chosen["train"]) + len(chosen["val"])
-    if total < 2:
-        raise ConfigError(f"{total} document(s) left after dropping duplicates and documents "
-                          f"under --min-chars={options.min_chars}; a training and a validation "
-                          "split need at least two (use --separator or JSONL to split a file)")
-    if not chosen["val"]:  # the document whose hash is smallest: still independent of order
-        smallest = min(range(len(chosen["train"])), key=lambda i: chosen["train"][i][3])
-        chosen["val"].append(chosen["train"].pop(smallest))
-    if not chosen["train"]:
-        largest = max(range(len(chosen["val"])), key=lambda i: chosen["val"][i][3])
-        chosen["train"].append(chosen["val"].pop(largest))
-    return chosen, stats
+            if stats is not None:
+                stats[index].documents += 1
+                stats[index].bytes += n_bytes
+            yield index, text, n_bytes, doc_hash
+
+
+def plan_splits(files: list[Path], options: PrepareOptions):
+    """A first pass that holds only hashes: (the split of each kept document by hash, stats per
+    source). Neither split is ever empty."""
+    stats = [SourceStats() for _ in files]
+    splits = {doc_hash: "val" if is_validation(doc_hash, options.val_fraction) else "train"
+              for _, _, _, doc_hash in kept_documents(files, options, stats)}
+    if len(splits) < 2:
+        raise ConfigError(f"{len(splits)} document(s) left after dropping duplicates and "
+                          f"documents under --min-chars={options.min_chars}; a training and a "
+                          "validation split need at least two (use --separator or JSONL to "
+                          "split a file)")
+    for split, other, pick in (("val", "train", min), ("train", "val", max)):
+        if split not in splits.values():  # by hash: still independent of the input order
+            splits[pick(h for h, s in splits.items() if s == other)] = split
+    return splits, stats
 
 
 # ------------------------------------------------------------------ tokenizing in workers
 
-def tasks(docs: list, chars: int = TASK_CHARS):
+def tasks(docs, chars: int = TASK_CHARS):
     """Consecutive documents grouped into tasks of about `chars` characters."""
     group, size = [], 0
     for doc in docs:
@@ -164,17 +169,25 @@ def tasks(docs: list, chars: int = TASK_CHARS):
         yield group
 
 
-def encoded(groups: list, options: PrepareOptions, workers: int):
-    """Each task's token arrays, in order, from a pool of worker processes. The byte tokenizer
-    runs here: its ids are the bytes, and a pool would only copy them back and forth."""
-    texts = [[doc[1] for doc in group] for group in groups]
+def encoded(groups, options: PrepareOptions, workers: int):
+    """(task, its token arrays) in order, from a pool of worker processes that is fed a few
+    tasks ahead (so the corpus is never all in memory). The byte tokenizer runs here: its ids
+    are the bytes, and a pool would only copy them back and forth."""
     if options.tokenizer == "byte" or workers == 1:
         start_worker(options.tokenizer)
-        yield from map(encode_task, texts)
+        for group in groups:
+            yield group, encode_task([doc[1] for doc in group])
         return
     context = multiprocessing.get_context("spawn")  # safe next to JAX and tokenizer threads
     with context.Pool(workers, initializer=start_worker, initargs=(options.tokenizer,)) as pool:
-        yield from pool.imap(encode_task, texts)
+        ahead = []
+        for group in groups:
+            ahead.append((group, pool.apply_async(encode_task, ([doc[1] for doc in group],))))
+            if len(ahead) > 2 * workers:
+                done, result = ahead.pop(0)
+                yield done, result.get()
+        for done, result in ahead:
+            yield done, result.get()
 
 
 # ------------------------------------------------------------------ writing shards
@@ -289,26 +302,27 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions,
         leftover.unlink()
 
     started = time.perf_counter()
-    chosen, stats = select_documents(files, options)
+    splits, stats = plan_splits(files, options)
     eos = getattr(tokenizer, "eos_id", None)
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {split: ShardWriter(out, split, dtype, options.shard_tokens) for split in SPLITS}
-    boundaries = {split: [] for split in SPLITS}
-    total_bytes = sum(doc[2] for split in SPLITS for doc in chosen[split])
+    boundaries, split_bytes = {split: [] for split in SPLITS}, {split: 0 for split in SPLITS}
+    total_bytes = sum(s.bytes for s in stats)
     workers = options.workers or os.cpu_count() or 1
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
                dynamic_ncols=True)
-    for split in SPLITS:
-        groups = list(tasks(chosen[split]))
-        for group, arrays in zip(groups, encoded(groups, options, workers)):
-            for (source, _, n_bytes, _), ids in zip(group, arrays):
-                if eos is not None:
-                    ids = np.append(ids, np.int32(eos))
-                writers[split].add(ids)
-                boundaries[split].append(len(ids))
-                stats[source].tokens[split] += len(ids)
-                bar.update(n_bytes)
-        writers[split].finish()
+    for group, arrays in encoded(tasks(kept_documents(files, options)), options, workers):
+        for (source, _, n_bytes, doc_hash), ids in zip(group, arrays):
+            split = splits[doc_hash]
+            if eos is not None:
+                ids = np.append(ids, np.int32(eos))
+            writers[split].add(ids)
+            boundaries[split].append(len(ids))
+            split_bytes[split] += n_bytes
+            stats[source].tokens[split] += len(ids)
+            bar.update(n_bytes)
+    for writer in writers.values():
+        writer.finish()
     bar.close()
     seconds = time.perf_counter() - started
 
@@ -323,7 +337,7 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions,
         "record_tokens": RECORD_TOKENS, "settings": options.settings(),
         "splits": {split: {
             "tokens": sum(s["tokens"] for s in writers[split].shards),
-            "bytes": sum(doc[2] for doc in chosen[split]),
+            "bytes": split_bytes[split],
             "documents": len(boundaries[split]),
             "shards": writers[split].shards,
             "document_tokens": boundaries[split],
