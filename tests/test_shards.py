@@ -76,6 +76,20 @@ def test_iterator_state_restores_the_exact_next_batch(shards):
         np.testing.assert_array_equal(next(resumed), batch)
 
 
+def test_a_state_saved_on_one_process_resumes_on_two(shards):
+    tokens = ShardTokens(shards, "train")
+    one = train_iterator(tokens, SEQ, 8, seed=1)
+    for _ in range(4):
+        next(one)
+    state = one.get_state()
+    halves = [train_iterator(tokens, SEQ, 8, 1, process_index=p, process_count=2)
+              for p in range(2)]
+    for half in halves:
+        half.set_state(state)
+    for _ in range(2):
+        assert {tuple(r) for h in halves for r in next(h)} == {tuple(r) for r in next(one)}
+
+
 def test_text_files_are_ignored_and_the_tokenizer_must_match(shards, tmp_path):
     config = load_config(None, [f"data.shards={shards}", "data.train_files=[nothere.txt]"])
     data = load_text_data(config.data)

@@ -47,9 +47,11 @@ def expand_files(names: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path, fallback_encoding: str = "") -> str:
+def read_text(path: Path, fallback_encoding: str = "",
+              setting: str = "data.fallback_encoding") -> str:
     """Reads a UTF-8 text file. A file that is not UTF-8 is refused with the offending byte
-    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured."""
+    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured
+    (by `setting`, which the error names)."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -60,7 +62,7 @@ def read_text(path: Path, fallback_encoding: str = "") -> str:
             except (UnicodeDecodeError, LookupError) as e2:
                 raise ConfigError(f"{path} is neither UTF-8 nor {fallback_encoding}: {e2}") from None
         raise ConfigError(f"{path} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r}"
-                          "); convert it (iconv -t utf-8) or set data.fallback_encoding") from None
+                          f"); convert it (iconv -t utf-8) or set {setting}") from None
 
 
 def tokenize_files(files: list[Path], tokenizer: Tokenizer,

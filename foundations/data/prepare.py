@@ -75,7 +75,7 @@ def input_files(names: list[str]) -> list[Path]:
 def documents(path: Path, options: PrepareOptions) -> list[str]:
     """The documents of one file: JSONL records' `text_key`, pieces between separators, or the
     whole file."""
-    text = read_text(path, options.fallback_encoding)
+    text = read_text(path, options.fallback_encoding, "--fallback-encoding")
     if path.suffix == ".jsonl":
         docs = []
         for line_number, line in enumerate(text.splitlines(), 1):
