@@ -17,7 +17,6 @@ import numpy as np
 
 from foundations.config import ConfigError, DataConfig
 from foundations.data.prepare import MANIFEST, TOKENIZER_DIR, read_manifest
-from foundations.tokenizers import load_tokenizer
 
 
 class ShardTokens:
