@@ -132,6 +132,13 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class MixtureSource:
+    """One prepared dataset of `data.mixture` and its share of the training windows."""
+    shards: str = knob("", "a directory made by `foundations prepare`")
+    weight: float = knob(1.0, "relative share of training windows drawn from it", "> 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Text files -> tokens -> packed fixed-length sequences."""
     train_files: tuple[str, ...] = knob(("tinyshakespeare/input.txt",), "training text files or "
@@ -143,6 +150,15 @@ class DataConfig:
     seq_len: int = knob(256, "tokens per training window", "> 0")
     shuffle_seed: int = knob(0, "seed of the window order")
     fallback_encoding: str = knob("", "e.g. latin-1: for files that are not UTF-8 ('': refuse)")
+    shards: str = knob("", "a directory made by `foundations prepare`: train and validate on its "
+                       "shards (train_files, val_files and val_fraction are then ignored)")
+    mixture: tuple[MixtureSource, ...] = knob((), "prepared datasets mixed by weight, e.g. "
+                                              "[{shards: A, weight: 0.7}, {shards: B, weight: "
+                                              "0.3}]; validation: the first one's")
+    document_masks: bool = knob(False, "packed windows carry segment ids: attention does not "
+                                "cross an end-of-text (decoder, clm)")
+    reset_positions: bool = knob(False, "with document_masks: positions restart at 0 in each "
+                                 "document")
 
 
 @dataclass(frozen=True)
@@ -268,6 +284,8 @@ def coerce(key: str, value: Any, annotation) -> Any:
             value = [value]  # a single path where a list is expected
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if dataclasses.is_dataclass(args[0]):  # a list of sections (data.mixture)
+            return tuple(build_section(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
     if annotation is bool:
         if isinstance(value, bool):
@@ -478,10 +496,26 @@ def validate(config: Config) -> None:
                           f"train.steps={t.steps}")
     if t.init_step is not None and not t.init_from:
         raise ConfigError("train.init_step is set but train.init_from (a run directory) is not")
-    if not data.val_files and data.val_fraction == 0.0:
+    if not data.val_files and data.val_fraction == 0.0 and not (data.shards or data.mixture):
         raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
+    validate_shards(config)
     validate_pipeline(config)
     validate_family(config)
+
+
+def validate_shards(config: Config) -> None:
+    """Prepared shards, mixtures and document masks: the settings that must agree."""
+    data = config.data
+    if data.shards and data.mixture:
+        raise ConfigError("set data.shards or data.mixture, not both")
+    if any(not source.shards for source in data.mixture):
+        raise ConfigError("data.mixture: every entry needs its shards directory")
+    if data.reset_positions and not data.document_masks:
+        raise ConfigError("data.reset_positions needs data.document_masks=true")
+    if data.document_masks and (config.model.family != "decoder"
+                                or config.objective.kind != "clm" or config.mesh.stage > 1):
+        raise ConfigError("data.document_masks applies to model.family=decoder with "
+                          "objective.kind=clm and mesh.stage=1")
 
 
 def validate_family(config: Config) -> None:
@@ -531,7 +565,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 def to_dict(section) -> dict:
     """A config (or section) as nested plain mappings, lists for tuples: what YAML stores."""
     return {f.name: (to_dict(v) if dataclasses.is_dataclass(v) else
-                     list(v) if isinstance(v, tuple) else v)
+                     [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+                     if isinstance(v, tuple) else v)
             for f in dataclasses.fields(section) for v in [getattr(section, f.name)]}
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
-from foundations.models.attention import Attention
+from foundations.models.attention import Attention, segment_mask
 from foundations.models.kv_cache import CachedPositions, decode_mask
 from foundations.models.layers import Einsum, Embedding, Mlp, Norm, constrain
 from foundations.models.moe import MoeMlp
@@ -72,7 +72,8 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
 
 class Decoder(nn.Module):
     """Maps token ids (B, T) to next-token logits (B, T, vocab_size). A boolean `mask`
-    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix).
+    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix); `segments`
+    (B, T) ids of packed documents keep attention within each (data.document_masks).
 
     `decode="prefill"` (the prompt, into an empty cache) and then `decode="step"` (one token a
     call) run against the 'cache' collection (apply with mutable=["cache"]); `positions` are then
@@ -82,8 +83,10 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
-                 decode: str = ""):
+                 decode: str = "", segments=None):
         cfg = self.cfg
+        if segments is not None:
+            mask = segment_mask(segments)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         if decode:
