@@ -129,6 +129,8 @@ class ObjectiveConfig:
                                   "(0, 1]")
     disc_weight: float = knob(50.0, "electra: weight of the replaced-token detection loss",
                               "> 0")
+    loss_chunk_size: int = knob(0, "clm: score this many positions of each row at a time, so "
+                                "no [batch, length, vocab] logits exist; 0: all at once", ">= 0")
 
 
 @dataclass(frozen=True)
@@ -492,6 +494,9 @@ def validate_family(config: Config) -> None:
                           f"use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
     if m.num_decoder_layers is not None and m.family != "encdec":
         raise ConfigError("model.num_decoder_layers applies to model.family=encdec only")
+    if config.objective.loss_chunk_size and kind != "clm":
+        raise ConfigError(f"objective.loss_chunk_size applies to objective.kind=clm only (it is "
+                          f"{kind!r}); set it to 0")
     moe = m.moe
     if moe.num_experts and moe.experts_per_token > moe.num_experts:
         raise ConfigError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "

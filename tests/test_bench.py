@@ -11,8 +11,8 @@ def test_bench_reports_project_and_plain(capsys):
     assert main(["bench", "experiments/smoke.yaml", *TINY, "--steps", "2", "--rounds", "2",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    # 2 layers x (4*32^2 + 4*32 attention, 8*32^2 + 5*32 MLP, 4*32 norms) + 320*32 tokens (256 bytes + specials, padded to 64)
-    # + 32*32 positions + 2*32 final norm, counted by hand
+    # counted by hand: 2 layers x (4*32^2 + 4*32 attention, 8*32^2 + 5*32 MLP, 4*32 norms)
+    # + 320*32 tokens (256 bytes and specials, padded to 64) + 32*32 positions + 2*32 final norm
     blocks = 2 * (4 * 32 * 32 + 4 * 32 + 8 * 32 * 32 + 4 * 32 + 32 + 4 * 32)
     assert report["parameters"] == report["plain"]["parameters"] == (blocks + 320 * 32
                                                                      + 32 * 32 + 64)

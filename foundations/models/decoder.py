@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from foundations.config import ModelConfig
 from foundations.models.attention import Attention
 from foundations.models.kv_cache import CachedPositions, decode_mask
-from foundations.models.layers import Einsum, Embedding, Mlp, Norm, constrain
+from foundations.models.layers import DTYPES, Einsum, Embedding, Mlp, Norm, constrain
 from foundations.models.moe import MoeMlp
 from foundations.models.positions import add_positions, attention_bias, positions_bias
 
@@ -76,13 +76,14 @@ class Decoder(nn.Module):
 
     `decode="prefill"` (the prompt, into an empty cache) and then `decode="step"` (one token a
     call) run against the 'cache' collection (apply with mutable=["cache"]); `positions` are then
-    required, -1 marking padding (inference/generate.py)."""
+    required, -1 marking padding (inference/generate.py). `hidden=True` returns the final-norm
+    states (B, T, d_model) instead, for a loss that applies `output_head` itself."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
-                 decode: str = ""):
+                 decode: str = "", hidden: bool = False):
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -103,9 +104,21 @@ class Decoder(nn.Module):
             x, _ = stacked_blocks(cfg, deterministic, causal=mask is None, decode=decode)(
                 x, positions, mask, bias, None, None)
         x = Norm(cfg, name="final_norm")(x)
+        if hidden:
+            return x
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
             logits = Einsum(cfg, "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             cfg.init_std, name="lm_head")(x)
         return constrain(logits, ("batch", "length", "act_vocab"))
+
+
+def output_head(cfg: ModelConfig, params) -> jax.Array:
+    """The (d_model, vocab_size) matrix the Decoder's logits are its final states times, in the
+    compute dtype: the token table, transposed, when tied, else the lm_head kernel."""
+    if cfg.tie_embeddings:
+        head = params["token_embed"]["embedding"].T
+    else:
+        head = params["lm_head"]["kernel"]
+    return head.astype(DTYPES[cfg.dtype])

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.objectives.losses import cross_entropy, weighted_cross_entropy
+from foundations.models.decoder import output_head
+from foundations.objectives.losses import (chunked_cross_entropy, cross_entropy,
+                                          weighted_cross_entropy)
 
 TRAIN, EVAL = 0, 1   # random streams of `prepare`
 
@@ -44,8 +46,14 @@ class Objective:
         return loss + aux, metrics
 
     def loss(self, apply, params, batch, rng):
-        logits, aux = apply(params, rng, *self.model_args(batch))
-        loss = cross_entropy(logits, batch[:, 1:])
+        chunk = self.config.objective.loss_chunk_size
+        if chunk:  # the head is applied chunk by chunk: no (B, T, V) logits
+            hidden, aux = apply(params, rng, *self.model_args(batch), hidden=True)
+            loss = chunked_cross_entropy(hidden, output_head(self.model_cfg, params),
+                                         batch[:, 1:], chunk)
+        else:
+            logits, aux = apply(params, rng, *self.model_args(batch))
+            loss = cross_entropy(logits, batch[:, 1:])
         return self.with_aux(loss, aux, {"ppl": jnp.exp(loss)})
 
 
