@@ -46,6 +46,7 @@ RopeScaling = Literal["none", "linear", "ntk"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 DType = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots"]
+MoeDispatch = Literal["dense", "grouped"]
 ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
 
@@ -72,6 +73,8 @@ class MoeConfig:
                                   "tokens", ">= 0")
     aux_loss_coef: float = knob(0.01, "Switch/Mixtral load-balancing loss weight", ">= 0")
     z_loss_coef: float = knob(0.0, "ST-MoE router z-loss weight", ">= 0")
+    dispatch: MoeDispatch = knob("dense", "dense: one-hot einsums over capacity slots; grouped: "
+                                 "tokens sorted by expert into one ragged matmul (mesh.expert=1)")
 
 
 @dataclass(frozen=True)
@@ -501,6 +504,9 @@ def validate_family(config: Config) -> None:
     if moe.num_experts and moe.experts_per_token > moe.num_experts:
         raise ConfigError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
                           f"model.moe.num_experts={moe.num_experts}")
+    if moe.num_experts and moe.dispatch == "grouped" and config.mesh.expert != 1:
+        raise ConfigError("model.moe.dispatch=grouped runs with mesh.expert=1 (no all-to-all "
+                          "over the expert axis yet); use dispatch=dense to shard experts")
     if moe.num_experts and m.family != "decoder":
         raise ConfigError("model.moe.num_experts > 0 is supported for model.family=decoder only")
     p = m.positions
