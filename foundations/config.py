@@ -114,6 +114,8 @@ class ModelConfig:
     dtype: DType = knob("float32", "compute dtype (parameters stay param_dtype)")
     param_dtype: DType = knob("float32", "parameter dtype")
     remat: Remat = knob("none", "recompute block activations in the backward pass")
+    scan_unroll: int = knob(1, "blocks per iteration of the scanned layer stack; num_layers: "
+                            "fully unrolled (faster steps, longer compiles)", "> 0")
     positions: PositionsConfig = field(default_factory=PositionsConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
 
@@ -591,7 +593,8 @@ def describe_keys() -> str:
 
 
 # Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
-RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout")
+RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout",
+                        "model.scan_unroll", "model.moe.dispatch")
 
 
 def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:

@@ -65,7 +65,7 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
     scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
-                      length=num_layers or cfg.num_layers,
+                      length=num_layers or cfg.num_layers, unroll=cfg.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(cfg, deterministic, causal, cross, decode, name=name)
 

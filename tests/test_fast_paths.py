@@ -1,5 +1,6 @@
-"""Chunked cross-entropy equals the whole-logits loss (optax on (B, T, V)), values and gradients,
-and the trainer's step with `objective.loss_chunk_size` equals the step without."""
+"""Fast paths leave the numbers alone: chunked cross-entropy equals the whole-logits loss (optax on
+(B, T, V)), values and gradients, and the trainer's loss and gradients do not change with
+`objective.loss_chunk_size` or an unrolled layer scan (`model.scan_unroll`)."""
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +35,14 @@ def test_chunked_cross_entropy_equals_optax_on_whole_logits():
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_trainer_loss_and_gradients_do_not_change_with_chunks(tied):
+@pytest.mark.parametrize("tied,fast_path", [(True, "objective.loss_chunk_size=12"),
+                                             (False, "objective.loss_chunk_size=12"),
+                                             (True, "model.scan_unroll=2")])
+def test_trainer_loss_and_gradients_do_not_change(tied, fast_path):
     overrides = [*TINY, f"model.tie_embeddings={str(tied).lower()}"]
     mesh = make_mesh(load_config(None, overrides).mesh, jax.devices()[:1])
     whole = Trainer(load_config(None, overrides), mesh)
-    chunked = Trainer(load_config(None, [*overrides, "objective.loss_chunk_size=12"]), mesh)
+    chunked = Trainer(load_config(None, [*overrides, fast_path]), mesh)
     params = whole.init_state()["params"]
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 33)), jnp.int32)
 
