@@ -59,9 +59,9 @@ def plain_gpt_module():
 
 
 def plain_reference(config: Config):
-    """(compiled plain step, compile seconds, run(), parameter count) at the config's shape, or None when the
-    config is not a GPT-2 (tied, learned positions, LayerNorm, GELU, causal LM) that the plain
-    model can stand in for."""
+    """(compiled plain step, compile seconds, run(), parameter count) at the config's shape, or
+    None when the config is not a GPT-2 (tied, learned positions, LayerNorm, GELU, causal LM)
+    that the plain model can stand in for."""
     m = config.model
     if (m.family, config.objective.kind, m.norm, m.mlp, m.positions.kind) != (
             "decoder", "clm", "layernorm", "gelu", "learned") or not m.tie_embeddings \
