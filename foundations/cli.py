@@ -8,6 +8,7 @@ stopped by SIGTERM or SIGINT prints where it stopped and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,14 @@ def _generate(args) -> None:
     generate_command(args)
 
 
+def _bench(args) -> None:
+    from foundations.config import load_config
+    from foundations.train.bench import bench, format_report
+    report = bench(load_config(args.config, args.overrides), args.steps, args.rounds,
+                   not args.no_plain)
+    print(json.dumps(report) if args.json else format_report(report))
+
+
 def add_sampling_arguments(p) -> None:
     """The sampling flags (Hugging Face's names and defaults: every processor off)."""
     p.add_argument("--max-new-tokens", type=int, default=200)
@@ -131,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="section.key=value applied to the run's config")
     add_sampling_arguments(p)
     p.set_defaults(func=_generate)
+
+    p = commands.add_parser("bench", help="time the real train step on synthetic tokens against "
+                                          "a plain Flax step of the same shape")
+    p.add_argument("config", help="YAML file, e.g. experiments/smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=8")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each, after a warm-up")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds to split them into")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain reference step")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_bench)
 
     _add_optional_commands(commands)
     return parser

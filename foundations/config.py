@@ -46,6 +46,7 @@ RopeScaling = Literal["none", "linear", "ntk"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 DType = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots"]
+MoeDispatch = Literal["dense", "grouped"]
 ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
 
@@ -72,6 +73,8 @@ class MoeConfig:
                                   "tokens", ">= 0")
     aux_loss_coef: float = knob(0.01, "Switch/Mixtral load-balancing loss weight", ">= 0")
     z_loss_coef: float = knob(0.0, "ST-MoE router z-loss weight", ">= 0")
+    dispatch: MoeDispatch = knob("dense", "dense: one-hot einsums over capacity slots; grouped: "
+                                 "tokens sorted by expert into one ragged matmul (mesh.expert=1)")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class ModelConfig:
     dtype: DType = knob("float32", "compute dtype (parameters stay param_dtype)")
     param_dtype: DType = knob("float32", "parameter dtype")
     remat: Remat = knob("none", "recompute block activations in the backward pass")
+    scan_unroll: int = knob(1, "blocks per iteration of the scanned layer stack; num_layers: "
+                            "fully unrolled (faster steps, longer compiles)", "> 0")
     positions: PositionsConfig = field(default_factory=PositionsConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
 
@@ -129,6 +134,8 @@ class ObjectiveConfig:
                                   "(0, 1]")
     disc_weight: float = knob(50.0, "electra: weight of the replaced-token detection loss",
                               "> 0")
+    loss_chunk_size: int = knob(0, "clm: score this many positions of each row at a time, so "
+                                "no [batch, length, vocab] logits exist; 0: all at once", ">= 0")
 
 
 @dataclass(frozen=True)
@@ -526,10 +533,16 @@ def validate_family(config: Config) -> None:
                           f"use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
     if m.num_decoder_layers is not None and m.family != "encdec":
         raise ConfigError("model.num_decoder_layers applies to model.family=encdec only")
+    if config.objective.loss_chunk_size and kind != "clm":
+        raise ConfigError(f"objective.loss_chunk_size applies to objective.kind=clm only (it is "
+                          f"{kind!r}); set it to 0")
     moe = m.moe
     if moe.num_experts and moe.experts_per_token > moe.num_experts:
         raise ConfigError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
                           f"model.moe.num_experts={moe.num_experts}")
+    if moe.num_experts and moe.dispatch == "grouped" and config.mesh.expert != 1:
+        raise ConfigError("model.moe.dispatch=grouped runs with mesh.expert=1 (no all-to-all "
+                          "over the expert axis yet); use dispatch=dense to shard experts")
     if moe.num_experts and m.family != "decoder":
         raise ConfigError("model.moe.num_experts > 0 is supported for model.family=decoder only")
     p = m.positions
@@ -615,7 +628,8 @@ def describe_keys() -> str:
 
 
 # Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
-RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout")
+RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout",
+                        "model.scan_unroll", "model.moe.dispatch")
 
 
 def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:

@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.objectives.losses import cross_entropy, weighted_cross_entropy
+from foundations.models.decoder import output_head
+from foundations.objectives.losses import (chunked_cross_entropy, cross_entropy,
+                                          weighted_cross_entropy)
 
 TRAIN, EVAL = 0, 1   # random streams of `prepare`
 
@@ -53,8 +55,14 @@ class Objective:
 
     def loss(self, apply, params, batch, rng):
         tokens, inputs = self.packed(batch)
-        logits, aux = apply(params, rng, tokens[:, :-1], **inputs)
-        loss = cross_entropy(logits, tokens[:, 1:])
+        chunk = self.config.objective.loss_chunk_size
+        if chunk:  # the head is applied chunk by chunk: no (B, T, V) logits
+            hidden, aux = apply(params, rng, tokens[:, :-1], hidden=True, **inputs)
+            loss = chunked_cross_entropy(hidden, output_head(self.model_cfg, params),
+                                         tokens[:, 1:], chunk)
+        else:
+            logits, aux = apply(params, rng, tokens[:, :-1], **inputs)
+            loss = cross_entropy(logits, tokens[:, 1:])
         return self.with_aux(loss, aux, {"ppl": jnp.exp(loss)})
 
 
