@@ -131,9 +131,11 @@ def _empty_cache(call, *example):
 
 
 def _as_variables(params) -> dict:
-    """model.apply's variables: {'params': ...} as given, or the bare parameter tree wrapped."""
-    return params if isinstance(params, dict) and set(params) == {"params"} else {
+    """model.apply's variables: {'params': ...} as given, or the bare parameter tree wrapped;
+    numpy leaves (from_hf's) become JAX arrays, which traced indices can index."""
+    variables = params if isinstance(params, dict) and set(params) == {"params"} else {
         "params": params}
+    return jax.tree.map(jnp.asarray, variables)
 
 
 def _prompts(input_ids, attention_mask):
@@ -168,6 +170,7 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
     settings = Sampling(float(temperature), int(top_k), float(top_p), float(min_p),
                         float(repetition_penalty), eos_token_id, int(pad_token_id), vocab_size)
     check_sampling(settings, max_new_tokens)
+    model = getattr(model, "module", model)   # from_hf's model: the flax module it wraps
     if not isinstance(model, (Decoder, EncoderDecoder)):
         raise ConfigError(f"generate needs a decoder or an encoder-decoder model, not "
                           f"{type(model).__name__} (an encoder has no generative head)")
