@@ -43,3 +43,15 @@ def test_a_model_that_does_not_split_over_the_mesh_is_one_line():
     mesh = make_mesh(MeshConfig(tensor=8), jax.devices()[:8])
     with pytest.raises(ConfigError, match="does not divide by mesh axes"):
         generate(model, params, PROMPTS, mesh=mesh, max_new_tokens=2)
+
+
+def test_generate_command_on_a_mesh_writes_what_one_device_writes(tmp_path, capsys):
+    from foundations.cli import main
+    run = str(tmp_path / "run")
+    assert main(["convert", "from-hf", str(DATA / "llama"), "--run-dir", run]) == 0
+    args = ["generate", "--run-dir", run, "--prompt", "First", "--max-new-tokens", "6"]
+    capsys.readouterr()
+    assert main(args) == 0
+    single = capsys.readouterr().out
+    assert main(args + ["--override", "mesh.data=2", "--override", "mesh.tensor=2"]) == 0
+    assert capsys.readouterr().out == single
