@@ -1,0 +1,46 @@
+"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`, and `foundations addition-data`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = {"sft": "supervised fine-tuning on (prompt, response) JSONL",
+          "reward": "a reward model on (prompt, chosen, rejected) JSONL",
+          "dpo": "direct preference optimisation against the init_from policy"}
+
+
+def _stage(args) -> None:
+    from foundations.config import load_config
+    config = load_config(args.config, args.overrides)
+    import jax
+    from foundations.post.stages import Stage
+    from foundations.train.evaluate import describe
+    from foundations.train.loop import log, train
+    run_dir = Path(args.run_dir or Path("runs") / f"{Path(args.config).stem}_{args.command}")
+    summary = train(config, run_dir, progress=not args.no_progress, stage=Stage(args.command, log))
+    if jax.process_index() == 0:
+        print(f"\nrun directory: {run_dir}\nstep {summary['step']}: {describe(summary)}")
+
+
+def _addition_data(args) -> None:
+    from foundations.post.synthetic import write_addition
+    for name, path in write_addition(args.out, args.count, args.digits, args.seed).items():
+        print(f"{name}: {path}")
+
+
+def add_post_parser(commands) -> None:
+    for name, help_text in STAGES.items():
+        p = commands.add_parser(name, help=help_text)
+        p.add_argument("config", help="YAML file, e.g. experiments/post/addition.yaml")
+        p.add_argument("overrides", nargs="*", help="section.key=value, e.g. lora.rank=8")
+        p.add_argument("--run-dir", help="output directory (default runs/<config>_<stage>); "
+                                         "an existing one is resumed")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=_stage)
+    p = commands.add_parser("addition-data", help="write the synthetic addition task's "
+                                                  "sft.jsonl and pairs.jsonl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_addition_data)
