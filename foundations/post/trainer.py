@@ -48,6 +48,11 @@ class PostTrainer(Trainer):
                               "mesh.stage=1")
         self.vocab_size = config.model.vocab_size
         self.num_prompt = config.prompt_tuning.num_tokens
+        m = config.model
+        if m.positions.kind == "learned" and config.data.seq_len + self.num_prompt > \
+                m.max_seq_len:
+            raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
+                              f"{self.num_prompt} exceeds model.max_seq_len={m.max_seq_len}")
         super().__init__(config, mesh, tokenizer)
         self.objective = task
         base_boxed = jax.eval_shape(super()._init_params, jax.random.PRNGKey(0))
