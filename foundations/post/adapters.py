@@ -1,4 +1,4 @@
-"""Parameter-efficient tuning with the base frozen: LoRA and prompt tuning, as functions of params.
+"""Parameter-efficient tuning with the base frozen: LoRA, prompt tuning and prefix tuning.
 
 LoRA (Hu et al. 2021): each targeted kernel W (in, out), seen as a matrix over its input and
 output axes, becomes W + (alpha / rank) * A @ B with A (in, rank) random and B (rank, out) zero,
@@ -9,6 +9,9 @@ one mask per step (shared by the batch's tokens, which is what lets the update f
 Prompt tuning (Lester et al. 2021): `num_tokens` trainable vectors are appended to the embedding
 table as extra rows, and every input starts with their ids, so the model reads them before the
 text; their logits are cut off again.
+
+Prefix tuning (Li & Liang 2021): free keys and values in every layer's attention, which every
+query sees before the sequence; the model reads them from its 'prefix' variable collection.
 """
 
 from __future__ import annotations
@@ -113,6 +116,18 @@ def with_soft_prompt(base: dict, prompt: jax.Array) -> dict:
         pad = jnp.zeros((kernel.shape[0], prompt.shape[0]), kernel.dtype)
         out["lm_head"] = {"kernel": jnp.concatenate([kernel, pad], axis=1)}
     return out
+
+
+def init_prefix(rng, num_tokens: int, cfg) -> dict:
+    """Prefix tuning (Li & Liang 2021): free keys and values (layers, P, kv_heads, head_dim)
+    that every layer's attention reads before the sequence (the 'prefix' collection)."""
+    shape = (cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim)
+    names = ("layers", None, "kv_heads", "head_dim")
+    std = cfg.init_std * cfg.d_model ** 0.5   # about the size of the tokens' own keys
+    return {"blocks": {"attention": {
+        name: nn.LogicallyPartitioned(jax.random.normal(jax.random.fold_in(rng, i), shape) * std,
+                                      names)
+        for i, name in enumerate(("prefix_key", "prefix_value"))}}}
 
 
 def count(tree) -> int:

@@ -40,15 +40,17 @@ class PostTrainer(Trainer):
 
     def __init__(self, config, mesh, tokenizer, task, log=print):
         self.task, self.method = task, method(config)
-        if self.method == "prefix":
-            raise ConfigError("prefix_tuning.num_tokens > 0: prefix tuning is not implemented "
-                              "yet; use lora.rank or prompt_tuning.num_tokens")
+        m = config.model
+        if self.method == "prefix" and (m.local_window_size or m.positions.kind in
+                                        ("alibi", "t5_bias")):
+            raise ConfigError("prefix tuning needs attention without a sliding window or a "
+                              "position bias (model.local_window_size=0, positions.kind not "
+                              "alibi/t5_bias)")
         if config.model.family != "decoder" or config.mesh.stage > 1:
             raise ConfigError("post-training runs decoder models (model.family=decoder) with "
                               "mesh.stage=1")
         self.vocab_size = config.model.vocab_size
         self.num_prompt = config.prompt_tuning.num_tokens
-        m = config.model
         if m.positions.kind == "learned" and config.data.seq_len + self.num_prompt > \
                 m.max_seq_len:
             raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
@@ -105,6 +107,10 @@ class PostTrainer(Trainer):
             params = {"prompt": adapters.init_soft_prompt(
                 jax.random.fold_in(rng, 1), self.num_prompt, self.model_cfg.d_model,
                 self.model_cfg.init_std)}
+        elif self.method == "prefix":
+            params = {"prefix": adapters.init_prefix(
+                jax.random.fold_in(rng, 1), self.config.prefix_tuning.num_tokens,
+                self.model_cfg)}
         else:
             params = base
         head = self.task.init_head(jax.random.fold_in(rng, 2), self.model_cfg)
@@ -136,10 +142,13 @@ class PostTrainer(Trainer):
                                        lora.alpha / lora.rank, lora.dropout, rng)
         if self.method == "prompt":
             return adapters.with_soft_prompt(frozen["base"], params["prompt"])
+        if self.method == "prefix":
+            return frozen["base"]
         return params["model"] if "head" in params else params
 
     def merged(self, params, frozen=None):
-        """The model's own parameter tree with the adapters folded in (export, generate)."""
+        """The model's own parameter tree with the adapters folded in (export, generate; a
+        soft prompt stays extra embedding rows, and prefixes do not fold into weights)."""
         return self.model_params(params, self.frozen if frozen is None else frozen)
 
     # ---------------------------------------------------------------- forward
@@ -147,6 +156,8 @@ class PostTrainer(Trainer):
         """(logits over the base vocabulary, final hidden states) of the policy (`params`) or
         of the frozen reference (`params` None), on inputs (B, T)."""
         variables = {"params": self.model_params(params, frozen, rng)}
+        if self.method == "prefix" and params is not None:
+            variables["prefix"] = params["prefix"]
         rows, length = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
