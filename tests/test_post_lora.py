@@ -13,7 +13,9 @@ from foundations.parallel.mesh import make_mesh
 from foundations.post.adapters import export_peft
 from foundations.post.stages import Stage
 from foundations.post.synthetic import write_addition
-from foundations.train.loop import train
+from foundations.post.merge import merge_run
+from foundations.train import checkpoint
+from foundations.train.loop import load_run, train
 
 LORA = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=48",
         "model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
@@ -102,6 +104,20 @@ def test_only_adapters_train_and_are_checkpointed(built, tmp_path):
     adapter_shapes = sorted(tuple(x.shape) for x in jax.tree.leaves(stored["params"]))
     moments = [tuple(x.shape) for x in jax.tree.leaves(stored["opt_state"]) if x.shape]
     assert sorted(moments) == sorted(adapter_shapes * 2)   # Adam's mu and nu, nothing else
+
+    # merge: an ordinary run whose model gives the adapter model's logits
+    merge_run(tmp_path / "lora", tmp_path / "merged")
+    _, _, plain, merged_state = load_run(tmp_path / "merged")
+    trainer, _, _, _ = stage.build(config, mesh)
+    lora_state = checkpoint.restore(checkpoint.checkpoint_manager(tmp_path / "lora",
+                                                                  config.checkpoint),
+                                    3, trainer.abstract_state)
+    tokens = jnp.asarray(trainer.task.val_rows["tokens"][:4, :-1])
+    adapted, _ = trainer.forward(lora_state["params"], trainer.frozen, None, tokens)
+    folded = plain.plain_model.apply({"params": merged_state["params"]}, tokens)
+    np.testing.assert_allclose(np.asarray(folded), np.asarray(adapted), atol=1e-5, rtol=1e-5)
+    base, _ = trainer.forward(None, trainer.frozen, None, tokens)
+    assert not np.allclose(np.asarray(base), np.asarray(adapted), atol=1e-4)
 
 
 def test_frozen_base_is_bit_identical_after_steps(built):

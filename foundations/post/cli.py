@@ -1,4 +1,5 @@
-"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`, and `foundations addition-data`."""
+"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`, `foundations merge` (LoRA into
+the base weights) and `foundations addition-data` (the synthetic task's JSONL)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def _stage(args) -> None:
     summary = train(config, run_dir, progress=not args.no_progress, stage=Stage(args.command, log))
     if jax.process_index() == 0:
         print(f"\nrun directory: {run_dir}\nstep {summary['step']}: {describe(summary)}")
+
+
+def _merge(args) -> None:
+    from foundations.post.merge import merge_run
+    out = merge_run(args.run_dir, args.out, args.peft)
+    print(f"merged {args.run_dir} into {out}"
+          + (f"; PEFT adapter in {args.peft}" if args.peft else ""))
 
 
 def _addition_data(args) -> None:
@@ -44,3 +52,8 @@ def add_post_parser(commands) -> None:
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_addition_data)
+    p = commands.add_parser("merge", help="fold a LoRA run's adapters into its base weights")
+    p.add_argument("--run-dir", required=True, help="a run trained with lora.rank > 0")
+    p.add_argument("--out", required=True, help="the merged run directory to write")
+    p.add_argument("--peft", help="also write the adapters here in PEFT's format")
+    p.set_defaults(func=_merge)

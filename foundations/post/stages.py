@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import optax
 
 from foundations.data.pipeline import configured_tokenizer
-from foundations.objectives.base import Objective
 from foundations.objectives.losses import weighted_cross_entropy
 from foundations.parallel.mesh import make_mesh
 from foundations.post.data import (encode_example, encode_pairs, eval_rows, pack_rows,
@@ -63,15 +62,14 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
                            "rejected_reward": rejected_reward.mean()}
 
 
-class SftTask(Objective):
+class SftTask:
     """(prompt, response) pairs packed into windows; the loss is on the response tokens."""
     name = "sft"
-    reports_perplexity = False
     needs_reference = False
     fields = ("prompt", "response")
 
     def __init__(self, config, tokenizer):
-        super().__init__(config, tokenizer)
+        self.config, self.tokenizer, self.seq_len = config, tokenizer, config.data.seq_len
         self.train_rows, self.val_rows = (self.rows(e) for e in self.examples(config))
 
     def examples(self, config):

@@ -55,8 +55,7 @@ class PostTrainer(Trainer):
                 m.max_seq_len:
             raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
                               f"{self.num_prompt} exceeds model.max_seq_len={m.max_seq_len}")
-        super().__init__(config, mesh, tokenizer)
-        self.objective = task
+        super().__init__(config, mesh, tokenizer)   # its causal-LM objective passes rows on
         base_boxed = jax.eval_shape(super()._init_params, jax.random.PRNGKey(0))
         self.base_specs = nn.get_partition_spec(base_boxed)
         base_shardings = logical_shardings(self.base_specs, mesh)
