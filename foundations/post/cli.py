@@ -1,5 +1,5 @@
-"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`, `foundations merge` (LoRA into
-the base weights) and `foundations addition-data` (the synthetic task's JSONL)."""
+"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`; `merge` (LoRA into the base
+weights), `answers` (exact-match accuracy) and `addition-data` (the synthetic task's JSONL)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def _merge(args) -> None:
           + (f"; PEFT adapter in {args.peft}" if args.peft else ""))
 
 
+def _answers(args) -> None:
+    from foundations.post.evaluate import run_accuracy
+    accuracy = run_accuracy(args.run_dir, args.examples, args.limit)
+    print(f"{args.run_dir}: exact-match accuracy {accuracy:.4f} on {args.examples}")
+
+
 def _addition_data(args) -> None:
     from foundations.post.synthetic import write_addition
     for name, path in write_addition(args.out, args.count, args.digits, args.seed).items():
@@ -57,3 +63,9 @@ def add_post_parser(commands) -> None:
     p.add_argument("--out", required=True, help="the merged run directory to write")
     p.add_argument("--peft", help="also write the adapters here in PEFT's format")
     p.set_defaults(func=_merge)
+    p = commands.add_parser("answers", help="exact-match accuracy of a run's greedy answers "
+                                            "on (prompt, response) JSONL")
+    p.add_argument("examples", help="JSONL of {\"prompt\", \"response\"} lines")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--limit", type=int, default=0, help="the first N examples; 0: all")
+    p.set_defaults(func=_answers)

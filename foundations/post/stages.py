@@ -83,7 +83,8 @@ class SftTask:
         return pack_rows(encoded, self.seq_len, s.pack)
 
     def describe(self, rows) -> str:
-        return f"{len(rows['tokens']):,} packed rows, {int(rows['weights'].sum()):,} response tokens"
+        return (f"{len(rows['tokens']):,} packed rows, {int(rows['weights'].sum()):,} response "
+                "tokens")
 
     def init_head(self, rng, model_cfg):
         return None
