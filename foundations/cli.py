@@ -163,6 +163,7 @@ def _add_optional_commands(commands) -> None:
     from foundations.compile import add_compile_parser
     from foundations.convert.cli import add_convert_parser
     from foundations.data.prepare import add_prepare_parser
+    from foundations.post.cli import add_post_parser
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -173,6 +174,7 @@ def _add_optional_commands(commands) -> None:
     add_compile_parser(commands)
     add_convert_parser(commands)
     add_prepare_parser(commands)
+    add_post_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

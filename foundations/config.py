@@ -245,6 +245,62 @@ class DistributedConfig:
                                     "> 0")
 
 
+LossKind = Literal["sigmoid", "ipo"]
+
+
+@dataclass(frozen=True)
+class SftConfig:
+    """Supervised fine-tuning on (prompt, response) JSONL (post/): loss on response tokens."""
+    train_file: str = knob("", "JSONL of {\"prompt\": ..., \"response\": ...} lines")
+    val_file: str = knob("", "held-out JSONL of the same form; '': hold out val_fraction")
+    val_fraction: float = knob(0.1, "share of train_file held out when val_file is ''", "(0, 1)")
+    template: str = knob("Q: {prompt} A: ", "the text before each response; {prompt} is "
+                         "replaced by the example's prompt")
+    pack: bool = knob(True, "pack several examples into each window (no attention across "
+                      "them); false: one example per window")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA (post/adapters.py): W + (alpha / rank) * A @ B on the targeted kernels, base frozen."""
+    rank: int = knob(0, "adapter rank; 0: no LoRA", ">= 0")
+    alpha: float = knob(16.0, "scale numerator: the update is (alpha / rank) * A @ B", "> 0")
+    dropout: float = knob(0.0, "dropout on the adapter's input features (one mask per step)",
+                          "[0, 1)")
+    targets: str = knob("attention/(query|key|value|out)", "regular expression searched in "
+                        "each kernel's path, e.g. 'attention/(query|value)' or 'mlp'")
+
+
+@dataclass(frozen=True)
+class PromptTuningConfig:
+    """Prompt tuning: trainable soft-prompt vectors before each input, base frozen."""
+    num_tokens: int = knob(0, "soft-prompt vectors; 0: no prompt tuning", ">= 0")
+
+
+@dataclass(frozen=True)
+class PrefixTuningConfig:
+    """Prefix tuning: trainable key/value prefixes in every layer, base frozen."""
+    num_tokens: int = knob(0, "key/value prefix length; 0: no prefix tuning", ">= 0")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """A scalar reward head on the decoder, Bradley-Terry loss on preference pairs."""
+    train_file: str = knob("", "JSONL of {\"prompt\", \"chosen\", \"rejected\"} lines")
+    val_file: str = knob("", "held-out pairs; '': hold out sft.val_fraction of train_file")
+
+
+@dataclass(frozen=True)
+class DpoConfig:
+    """Direct preference optimisation against the frozen init_from policy (Rafailov et al.)."""
+    train_file: str = knob("", "JSONL of {\"prompt\", \"chosen\", \"rejected\"} lines")
+    val_file: str = knob("", "held-out pairs; '': hold out sft.val_fraction of train_file")
+    beta: float = knob(0.1, "strength of the implicit KL to the reference", "> 0")
+    loss: LossKind = knob("sigmoid", "sigmoid: DPO; ipo: squared loss toward 1 / (2 beta)")
+    label_smoothing: float = knob(0.0, "sigmoid: share of pairs assumed mislabelled "
+                                  "(conservative DPO)", "[0, 1)")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -256,6 +312,12 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
+    prefix_tuning: PrefixTuningConfig = field(default_factory=PrefixTuningConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
 
 # ------------------------------------------------------------------ reading and checking

@@ -7,7 +7,8 @@ window (`local_window_size`), and cross-attention (keys/values from `context`).
 `attention_impl` picks the kernel: 'xla' everywhere, 'cudnn' for the fused flash kernel on GPUs.
 With `decode` set ("prefill", then "step" once per new token) the keys and values live in the
 'cache' collection (models/kv_cache.py); the caller's mask then says which cached keys each query
-sees (causality, padding and the window included).
+sees (causality, padding and the window included). Prefix tuning's trainable keys and values,
+when the 'prefix' collection holds them, are attended to before the sequence's own.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ def segment_mask(segments, causal: bool = True):
         length = segments.shape[1]
         mask &= jnp.tril(jnp.ones((length, length), bool))[None]
     return mask[:, None]
+
+
+def prefix_keys_values(module: nn.Module, k, v, mask, causal: bool):
+    """Prefix tuning (post/): the 'prefix' collection's (P, kv_heads, head_dim) keys and values
+    go before this call's, and every query sees them (the mask gets P visible columns)."""
+    rows, length = k.shape[:2]
+    pk, pv = (jnp.broadcast_to(module.get_variable("prefix", name).astype(k.dtype),
+                               (rows, *module.get_variable("prefix", name).shape))
+              for name in ("prefix_key", "prefix_value"))
+    if mask is None:
+        mask = jnp.tril(jnp.ones((length, length), bool)) if causal else \
+            jnp.ones((length, length), bool)
+    mask = jnp.broadcast_to(mask, (rows, 1, length, length))
+    seen = jnp.ones((rows, 1, length, pk.shape[1]), bool)
+    return (jnp.concatenate([pk, k], axis=1), jnp.concatenate([pv, v], axis=1),
+            jnp.concatenate([seen, mask], axis=3))
 
 
 class Attention(nn.Module):
@@ -70,6 +87,10 @@ class Attention(nn.Module):
             k, v = cache_self_attention(self, k, v, self.decode)
         elif self.decode == "prefill":
             cache_cross_attention(self, k, v)
+        causal = self.causal
+        if self.has_variable("prefix", "prefix_key") and context is None and not self.decode:
+            k, v, mask = prefix_keys_values(self, k, v, mask, causal)
+            causal = False
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -77,7 +98,7 @@ class Attention(nn.Module):
         if bias is not None:
             bias = bias.astype(q.dtype)
         out = jax.nn.dot_product_attention(
-            q, k, v, bias=bias, mask=mask, is_causal=self.causal, implementation=impl,
+            q, k, v, bias=bias, mask=mask, is_causal=causal, implementation=impl,
             scale=None if cfg.scale_attention else 1.0,
             local_window_size=window(cfg, self.causal) if context is None and not self.decode
             else None)

@@ -63,7 +63,8 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
     block = Block
     if cfg.remat != "none":
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
-    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0,
+                                                 "prefix": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                       length=num_layers or cfg.num_layers, unroll=cfg.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})

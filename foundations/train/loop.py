@@ -54,25 +54,36 @@ def make_trainer(config: Config, tokenizer, mesh=None) -> Trainer:
 
 def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
           stop_at: int | None = None, data: TextData | None = None,
-          after_training=None) -> dict:
+          after_training=None, stage=None) -> dict:
     """Trains to config.train.steps (resuming from run_dir's checkpoints); returns a summary.
 
     SIGTERM or SIGINT end it after the step in flight with a checkpoint, raising TrainingStopped
     (train/preemption.py). `stop_at` ends the run early after that step with a checkpoint too.
     `data` reuses already tokenized text; `after_training(trainer, state, data) -> dict` adds
-    its entries to the summary (a sweep's probe, say)."""
+    its entries to the summary (a sweep's probe, say). `stage` (post/stages.py) trains
+    something else than text windows: its `build(config, mesh)` gives (trainer, batch iterator,
+    validate(params) -> metrics, a description of the data), and its trainer loads
+    train.init_from itself."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, trainer = build(config, mesh, data)
     tc = config.train
     dc = config.data
-    if dc.shards or dc.mixture:
-        log(f"training from {dc.shards or ', '.join(m.shards for m in dc.mixture)}: "
-            "data.train_files, data.val_files and data.val_fraction are ignored")
-    iterator = train_iterator(data.train_tokens, dc.seq_len, tc.batch_size, dc.shuffle_seed,
-                              jax.process_index(), jax.process_count(),
-                              [m.weight for m in dc.mixture],
-                              document_eos(dc, data.tokenizer), dc.reset_positions)
+    if stage is None:
+        data, trainer = build(config, mesh, data)
+        if dc.shards or dc.mixture:
+            log(f"training from {dc.shards or ', '.join(m.shards for m in dc.mixture)}: "
+                "data.train_files, data.val_files and data.val_fraction are ignored")
+        iterator = train_iterator(data.train_tokens, dc.seq_len, tc.batch_size, dc.shuffle_seed,
+                                  jax.process_index(), jax.process_count(),
+                                  [m.weight for m in dc.mixture],
+                                  document_eos(dc, data.tokenizer), dc.reset_positions)
+        about_data = f"{training_tokens(data):,} training tokens"
+
+        def validate(params):
+            return evaluate(trainer, params, data.val_tokens, data.bytes_per_token,
+                            tc.batch_size, tc.eval_batches)
+    else:
+        trainer, iterator, validate, about_data = stage.build(config, mesh)
     if jax.process_index() == 0:
         for path in checkpoint.set_aside_incomplete(run_dir):
             log(f"a save that never finished (the run was killed during it) moved to {path}")
@@ -85,7 +96,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
             + "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in changes))
     else:
         state = trainer.init_state()
-        if tc.init_from:
+        if tc.init_from and stage is None:
             state = {**state, "params": params_from_run(tc.init_from, tc.init_step, trainer)}
             log(f"initialised from {tc.init_from} (step {tc.init_step or 'latest'})")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's record as it was
@@ -93,7 +104,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         keep_tokenizer(config, run_dir)
     counts = trainer.counts
     log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
-        f"mesh {dict(trainer.mesh.shape)}, {training_tokens(data):,} training tokens")
+        f"mesh {dict(trainer.mesh.shape)}, {about_data}")
 
     writer = MetricsWriter(run_dir, resume_step=start)
     tokens_per_step = tc.batch_size * config.data.seq_len
@@ -128,8 +139,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                     raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; "
                                              "lower optimizer.lr or raise schedule.warmup_steps")
                 if evaluate_now:
-                    val = evaluate(trainer, state["params"], data.val_tokens,
-                                   data.bytes_per_token, tc.batch_size, tc.eval_batches)
+                    val = validate(state["params"])
                     metrics.update(val)
                     log(f"step {step}: {describe(val)}")
                     timer_start = None  # evaluation time is not training time
@@ -150,10 +160,9 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         raise TrainingStopped(step, run_dir / "checkpoints" / str(step), stop.reason)
 
     if not val:  # nothing left to train: report on the restored model
-        val = evaluate(trainer, state["params"], data.val_tokens, data.bytes_per_token,
-                       tc.batch_size, tc.eval_batches)
+        val = validate(state["params"])
     sample = ""
-    if tc.sample_tokens and config.model.family == "decoder":
+    if tc.sample_tokens and config.model.family == "decoder" and stage is None:
         sample = sample_text(trainer, state["params"], data.tokenizer, tc.sample_prompt,
                              tc.sample_tokens, tc.sample_temperature, tc.seed)
     summary = {"step": int(jax.device_get(state["step"])), **val, "sample": sample}

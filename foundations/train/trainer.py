@@ -135,27 +135,28 @@ class Trainer:
         aux = sum(jnp.sum(x) for x in jax.tree.leaves(sown.get("intermediates", {})))
         return out, aux
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, frozen=None):
         """(loss, metrics) of the configured objective (causal LM: next-token cross-entropy) on
-        one microbatch; call inside `in_mesh` (rng None: evaluation)."""
+        one microbatch; call inside `in_mesh` (rng None: evaluation). `frozen`: parameters that
+        are not trained (post/: a frozen base or reference), unused here."""
         return self.objective.loss(self._apply, params, batch, rng)
 
-    def _step(self, state, batch):
+    def _step(self, state, batch, frozen=None):
         """One optimizer step on a batch of shape (grad_accum, micro_batch, ...) (a dict of
-        such arrays for objectives other than causal LM)."""
+        such arrays for objectives other than causal LM); `frozen` is passed on to `loss`."""
         rng = jax.random.fold_in(state["rng"], state["step"])
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         if self.grad_accum == 1:
             (loss, aux), grads = grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch),
-                                         rng)
+                                         rng, frozen)
         else:
             def accumulate(carry, micro):
                 index, tokens = micro
                 (loss, aux), grads = grad_fn(state["params"], tokens,
-                                             jax.random.fold_in(rng, index))
+                                             jax.random.fold_in(rng, index), frozen)
                 return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
             first = jax.tree.map(lambda x: x[0], batch)
-            aux_shapes = jax.eval_shape(self.loss, state["params"], first, rng)[1]
+            aux_shapes = jax.eval_shape(self.loss, state["params"], first, rng, frozen)[1]
             zeros = (jnp.zeros((), jnp.float32),
                      jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), aux_shapes),
                      jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"]))

@@ -41,9 +41,9 @@ def check_same_shapes(stored: dict[str, tuple], wanted: dict[str, tuple], source
                           " that this run's model lacks (a model of another architecture)")
 
 
-def params_from_run(run_dir: str | Path, step: int | None, trainer):
+def params_from_run(run_dir: str | Path, step: int | None, trainer, wanted=None):
     """The parameters of `run_dir`'s checkpoint `step` (None: its latest), laid out on
-    `trainer`'s parameter shardings."""
+    `trainer`'s parameter shardings (or on those of `wanted`, a tree of ShapeDtypeStructs)."""
     run_dir = Path(run_dir)
     directory = run_dir.absolute() / "checkpoints"
     if not directory.is_dir():
@@ -61,7 +61,7 @@ def params_from_run(run_dir: str | Path, step: int | None, trainer):
                               f"(it has {', '.join(map(str, sorted(steps)))})")
         source = f"{directory / str(step)}"
         stored = manager.item_metadata(step)["state"]["params"]
-        wanted = trainer.abstract_state["params"]
+        wanted = trainer.abstract_state["params"] if wanted is None else wanted
         check_same_shapes(_shapes(stored), _shapes(wanted), source)
         restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(

@@ -1,0 +1,76 @@
+"""Prompt tuning: soft-prompt shapes, the model reads them as a causal prefix, and only they
+train while the base stays bit-identical."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from foundations.config import load_config, replace
+from foundations.models.families import build_model
+from foundations.parallel.mesh import make_mesh
+from foundations.post.stages import Stage, segment_mask
+from foundations.post.synthetic import write_addition
+
+PROMPT = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=64",
+          "data.seq_len=48", "train.batch_size=8", "train.steps=3", "train.eval_batches=1",
+          "train.sample_tokens=0", "schedule.warmup_steps=1", "checkpoint.async_save=false",
+          "prompt_tuning.num_tokens=5", "optimizer.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data = write_addition(tmp_path_factory.mktemp("addition"), count=200, seed=2)
+    config = load_config(None, PROMPT + [f"sft.train_file={data['sft']}"])
+    trainer, iterator, _, _ = Stage("sft", log=lambda _: None).build(
+        config, make_mesh(config.mesh, jax.devices()[:1]))
+    return config, trainer, iterator
+
+
+def test_shapes_and_trainable_parameters(built):
+    config, trainer, _ = built
+    state = trainer.init_state()
+    assert jax.tree.map(jnp.shape, state["params"]) == {"prompt": (5, 32)}
+    assert trainer.trainable_count()[0] == 5 * 32
+    moments = [x.shape for x in jax.tree.leaves(state["opt_state"]) if x.shape]
+    assert moments == [(5, 32), (5, 32)]
+    tokens = jnp.asarray(trainer.task.val_rows["tokens"][:2, :-1])
+    logits, hidden = trainer.forward(state["params"], trainer.frozen, None, tokens)
+    assert logits.shape == (2, 48, config.model.vocab_size) and hidden.shape == (2, 48, 32)
+
+
+def test_soft_prompt_is_a_causal_prefix_of_the_input(built):
+    """The tuned model equals the plain decoder run on [prompt ids, tokens] with the prompt
+    vectors as extra embedding rows (no packing: a plain causal mask)."""
+    config, trainer, _ = built
+    prompt = jax.random.normal(jax.random.PRNGKey(3), (5, 32))
+    params = {"prompt": prompt}
+    rows = trainer.task.val_rows
+    tokens = jnp.asarray(rows["tokens"][:2, :-1])
+    first = rows["segments"][:2] == 1   # the first example of each packed row
+    tuned, _ = trainer.forward(params, trainer.frozen, None, tokens,
+                               jnp.asarray(rows["positions"][:2]),
+                               segment_mask(jnp.asarray(rows["segments"][:2])))
+    vocab = config.model.vocab_size
+    big = build_model(replace(config, {"model.vocab_size": vocab + 5}))
+    table = jnp.concatenate([trainer.frozen["base"]["token_embed"]["embedding"], prompt])
+    base = {**trainer.frozen["base"], "token_embed": {"embedding": table}}
+    ids = jnp.concatenate([jnp.broadcast_to(vocab + jnp.arange(5), (2, 5)), tokens], axis=1)
+    plain = big.apply({"params": base}, ids)[:, 5:, :vocab]
+    for r in range(2):
+        np.testing.assert_allclose(np.asarray(tuned[r][first[r]]),
+                                   np.asarray(plain[r][first[r]]), atol=2e-5, rtol=1e-5)
+    untuned, _ = trainer.forward(None, trainer.frozen, None, tokens)
+    assert not np.allclose(np.asarray(untuned), np.asarray(tuned), atol=1e-3)
+
+
+def test_only_the_prompt_changes_and_the_base_is_bit_identical(built):
+    _, trainer, iterator = built
+    before = jax.tree.map(np.array, trainer.frozen["base"])
+    state = trainer.init_state()
+    start = np.array(state["params"]["prompt"])
+    for step in range(2):
+        state, _ = trainer.train_step(state, trainer.put_batch(next(iterator), step))
+    jax.tree.map(np.testing.assert_array_equal, before,
+                 jax.tree.map(np.array, trainer.frozen["base"]))
+    assert not np.array_equal(start, np.asarray(state["params"]["prompt"]))
