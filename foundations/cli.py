@@ -140,6 +140,7 @@ def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
     from foundations.compile import add_compile_parser
     from foundations.convert.cli import add_convert_parser
+    from foundations.prompting.cli import add_rag_parser
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -149,6 +150,7 @@ def _add_optional_commands(commands) -> None:
     add_plot_parser(commands)
     add_compile_parser(commands)
     add_convert_parser(commands)
+    add_rag_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

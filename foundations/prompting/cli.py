@@ -1,0 +1,52 @@
+"""`foundations rag` and `foundations context-ppl`: the prompting package's commands.
+
+Flags are defined here without importing JAX (the parser is built before `compile` sets up
+devices); the work imports it when a command runs.
+"""
+
+from __future__ import annotations
+
+
+def add_rag_parser(commands) -> None:
+    p = commands.add_parser("rag", help="retrieve passages for a question (BM25 or a BERT "
+                                        "encoder) and let a run's model answer from them")
+    p.add_argument("--run-dir", required=True, help="a decoder run that writes the answer")
+    p.add_argument("--passages", required=True, help="a folder of *.txt files; passages are "
+                                                     "split at blank lines")
+    p.add_argument("--question", required=True)
+    p.add_argument("--top-k", type=int, default=3, help="passages put in the prompt")
+    p.add_argument("--encoder", default="", help="a converted BERT encoder directory (e.g. "
+                                                 "all-MiniLM-L6-v2) for dense retrieval; "
+                                                 "default: BM25")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", dest="overrides", action="append", default=[],
+                   help="section.key=value applied to the run's config")
+    p.set_defaults(func=rag_command)
+
+
+def rag_command(args) -> None:
+    """Prints the retrieved passages with their scores, then the model's answer (its first
+    line)."""
+    from foundations.config import ConfigError
+    from foundations.prompting.rag import DenseRetriever, Retriever, load_passages, rag_prompt
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1 (got {args.top_k})")
+    passages = load_passages(args.passages)
+    retriever = (DenseRetriever(passages, args.encoder) if args.encoder
+                 else Retriever(passages))
+    retrieved = retriever.top_k(args.question, args.top_k)
+    for passage, score in retrieved:
+        print(f"[{score:.3f}] {passage.name}: {' '.join(passage.text.split())}")
+    from foundations.inference.text import generate_text
+    from foundations.train.loop import context_length, load_run
+    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
+    if config.model.family != "decoder":
+        raise ConfigError(f"{args.run_dir} is a model.family={config.model.family} run; rag "
+                          "answers with a decoder run")
+    prompt = rag_prompt(args.question, [p for p, _ in retrieved])
+    answer = generate_text(trainer.plain_model, state["params"], tokenizer, prompt,
+                           args.max_new_tokens, context_length(config),
+                           temperature=args.temperature, seed=args.seed)
+    print(f"answer: {answer.strip().splitlines()[0] if answer.strip() else ''}")
