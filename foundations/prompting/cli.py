@@ -50,3 +50,31 @@ def rag_command(args) -> None:
                            args.max_new_tokens, context_length(config),
                            temperature=args.temperature, seed=args.seed)
     print(f"answer: {answer.strip().splitlines()[0] if answer.strip() else ''}")
+
+
+def add_context_parser(commands) -> None:
+    p = commands.add_parser("context-ppl", help="perplexity of runs at several window lengths "
+                                                "(context extension, before and after)")
+    p.add_argument("files", nargs="+", help="text files or directories of *.txt")
+    p.add_argument("--run-dir", dest="run_dirs", action="append", required=True,
+                   help="a run to score (repeat: the base run and its extended runs)")
+    p.add_argument("--lengths", type=int, nargs="+", required=True,
+                   help="window lengths, e.g. the old and the new max_seq_len")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=0, help="0: the whole text")
+    p.add_argument("--json", default="", help="also write {run: {length: ppl}} to this file")
+    p.add_argument("--override", dest="overrides", action="append", default=[],
+                   help="section.key=value applied to every run's config")
+    p.set_defaults(func=context_command)
+
+
+def context_command(args) -> None:
+    import json
+    from pathlib import Path
+
+    from foundations.prompting.context import format_table, perplexity_table
+    table = perplexity_table(args.run_dirs, args.files, args.lengths, args.batch_size,
+                             args.max_batches, args.overrides)
+    print(format_table(table))
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
