@@ -140,7 +140,8 @@ def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
     from foundations.compile import add_compile_parser
     from foundations.convert.cli import add_convert_parser
-    from foundations.prompting.cli import add_context_parser, add_rag_parser
+    from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
+                                           add_rag_parser)
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -152,6 +153,7 @@ def _add_optional_commands(commands) -> None:
     add_convert_parser(commands)
     add_rag_parser(commands)
     add_context_parser(commands)
+    add_addition_parsers(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

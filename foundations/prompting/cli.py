@@ -78,3 +78,72 @@ def context_command(args) -> None:
     print(format_table(table))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+
+
+def add_addition_parsers(commands) -> None:
+    p = commands.add_parser("addition-data", help="write the addition task ('Q: 12+35= A: 47') "
+                                                  "as training text")
+    p.add_argument("out", help="the text file to write")
+    p.add_argument("--count", type=int, default=20000)
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chain-of-thought", action="store_true",
+                   help="write the column sums before the answer")
+    p.set_defaults(func=addition_data_command)
+
+    p = commands.add_parser("prompt-eval", help="addition accuracy of a run: zero-shot, "
+                                                "few-shot, and self-consistency (majority vote)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--count", type=int, default=200, help="held-out questions")
+    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1, help="of the questions (the training data's "
+                                                       "default seed is 0)")
+    p.add_argument("--exclude", default="", help="a training text file: its questions are "
+                                                 "not asked")
+    p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--samples", type=int, default=8, help="self-consistency's k")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--chain-of-thought", action="store_true")
+    p.add_argument("--json", default="", help="also write the accuracies to this file")
+    p.set_defaults(func=prompt_eval_command)
+
+
+def _template(chain_of_thought: bool):
+    from foundations.prompting.fewshot import CHAIN_OF_THOUGHT, DIRECT
+    return CHAIN_OF_THOUGHT if chain_of_thought else DIRECT
+
+
+def addition_data_command(args) -> None:
+    from pathlib import Path
+
+    from foundations.prompting.tasks import addition_examples
+    template = _template(args.chain_of_thought)
+    lines = [template.solved.format(**e._asdict())
+             for e in addition_examples(args.count, args.digits, args.seed)]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"{args.out}: {len(lines)} examples")
+
+
+def prompt_eval_command(args) -> None:
+    import json
+    from pathlib import Path
+
+    from foundations.config import ConfigError
+    from foundations.prompting.tasks import addition_examples, evaluate_addition
+    from foundations.train.loop import load_run
+    if args.samples < 1 or args.temperature <= 0:
+        raise ConfigError("--samples must be >= 1 and --temperature > 0 (self-consistency "
+                          "samples)")
+    seen = set(Path(args.exclude).read_text().splitlines()) if args.exclude else set()
+    template = _template(args.chain_of_thought)
+    pool = addition_examples(1000, args.digits, args.seed + 1000)
+    questions = [q for q in addition_examples(4 * args.count, args.digits, args.seed)
+                 if template.solved.format(**q._asdict()) not in seen][:args.count]
+    config, tokenizer, trainer, state = load_run(args.run_dir)
+    tokens = 8 if not args.chain_of_thought else 24 + 12 * args.digits
+    result = evaluate_addition(trainer.plain_model, state["params"], tokenizer, questions, pool,
+                               args.shots, args.samples, args.temperature, template, args.seed,
+                               max_new_tokens=tokens)
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

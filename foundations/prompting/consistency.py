@@ -63,11 +63,15 @@ def self_consistency(model, params, tokenizer, prompt: str, extract: Callable[[s
 def answer_questions(model, params, tokenizer, prompts: list[str],
                      extract: Callable[[str], str | None], samples: int = 1,
                      temperature: float = 0.0, max_new_tokens: int = 16, seed: int = 0,
-                     **sampling) -> tuple[list[str | None], list[list[str | None]]]:
+                     batch_size: int = 256, **sampling
+                     ) -> tuple[list[str | None], list[list[str | None]]]:
     """(each prompt's voted answer, each prompt's sampled answers): `samples` completions per
-    prompt, all in one batch; samples=1 at temperature 0 is greedy decoding."""
-    texts = complete(model, params, tokenizer, [p for p in prompts for _ in range(samples)],
-                     max_new_tokens, temperature, seed, **sampling)
+    prompt, batch_size rows at a time; samples=1 at temperature 0 is greedy decoding."""
+    rows = [p for p in prompts for _ in range(samples)]
+    texts = []
+    for i in range(0, len(rows), batch_size):
+        texts += complete(model, params, tokenizer, rows[i:i + batch_size], max_new_tokens,
+                          temperature, seed + i, **sampling)
     answers = [[extract(t) for t in texts[i:i + samples]]
                for i in range(0, len(texts), samples)]
     return [majority_vote(a) for a in answers], answers

@@ -56,3 +56,28 @@ def accuracy(predictions: list[str | None], answers: list[str]) -> float:
     if not answers:
         return 0.0
     return sum(p == a for p, a in zip(predictions, answers)) / len(answers)
+
+
+def evaluate_addition(model, params, tokenizer, questions: list[Example], pool: list[Example],
+                      shots: int = 3, samples: int = 8, temperature: float = 0.7,
+                      template=None, seed: int = 0, max_new_tokens: int = 8) -> dict:
+    """Accuracy on `questions` of greedy zero-shot, greedy few-shot (`shots` examples of the
+    pool) and self-consistency over `samples` few-shot samples at `temperature`."""
+    from foundations.prompting.consistency import answer_questions
+    from foundations.prompting.fewshot import DIRECT, few_shot_prompt
+    template = template or DIRECT
+    answers = [q.answer for q in questions]
+    zero = [few_shot_prompt(pool, q.question, 0, template=template) for q in questions]
+    few = [few_shot_prompt(pool, q.question, shots, seed + i, template)
+           for i, q in enumerate(questions)]
+    run = dict(extract=extract_answer, max_new_tokens=max_new_tokens)
+    zero_shot, _ = answer_questions(model, params, tokenizer, zero, **run)
+    few_shot, _ = answer_questions(model, params, tokenizer, few, **run)
+    voted, sampled = answer_questions(model, params, tokenizer, few, samples=samples,
+                                      temperature=temperature, seed=seed, **run)
+    single = [s[0] for s in sampled]   # one sample each: what the vote improves on
+    return {"questions": len(questions), "zero_shot": {"accuracy": accuracy(zero_shot, answers)},
+            "few_shot": {"accuracy": accuracy(few_shot, answers), "shots": shots},
+            "one_sample": {"accuracy": accuracy(single, answers), "temperature": temperature},
+            "self_consistency": {"accuracy": accuracy(voted, answers), "k": samples,
+                                 "temperature": temperature}}
