@@ -89,3 +89,18 @@ def test_self_consistency_votes_over_k_samples(tiny_decoder):
     assert greedy == [complete(model, params, tokenizer, ["Q: 1+2= A:"], 16)[0][:1]]
     with pytest.raises(ConfigError, match="temperature > 0"):
         self_consistency(model, params, tokenizer, "Q:", first, k=4, temperature=0.0)
+
+
+def test_addition_data_writes_the_task_as_text(tmp_path):
+    from foundations.cli import main as cli
+    out = tmp_path / "sums.txt"
+    assert cli(["addition-data", str(out), "--count", "5", "--seed", "4"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        question, answer = line[3:].split(" A: ")
+        a, b = map(int, question[:-1].split("+"))
+        assert extract_answer(" " + answer) == str(a + b)
+    assert cli(["addition-data", str(out), "--count", "2", "--chain-of-thought"]) == 0
+    assert all("Let's think step by step." in line and extract_answer(line.split("step.")[1])
+               for line in out.read_text().splitlines())
