@@ -8,6 +8,7 @@ stopped by SIGTERM or SIGINT prints where it stopped and exits 0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,25 +40,24 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from foundations.config import ConfigError
     from foundations.data.pipeline import expand_files, tokenize_files
-    from foundations.train.evaluate import evaluate
     from foundations.train.loop import load_run
+    from foundations.train.score import score_text
     config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
     tokens, n_bytes = tokenize_files(expand_files(args.files), tokenizer)
-    windows = (len(tokens) - 1) // trainer.seq_len
-    if windows == 0:
-        raise ConfigError(f"{', '.join(args.files)}: {len(tokens)} tokens, fewer than one window "
-                          f"of data.seq_len + 1 = {trainer.seq_len + 1}")
-    # a text shorter than one of the run's batches is scored as one smaller batch
-    batch = min(args.batch_size or config.train.batch_size, windows)
-    result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens), batch,
-                      args.max_batches)
+    names = ", ".join(args.files)
+    try:
+        result = score_text(trainer, state["params"], tokens, n_bytes / len(tokens),
+                            args.batch_size or config.train.batch_size, args.stride,
+                            args.max_batches)
+    except ConfigError as e:
+        raise ConfigError(f"{names}: {e}") from None
     step = int(state["step"])
-    if "val_bpb" not in result:  # objectives other than causal LM report their own metrics
-        from foundations.train.evaluate import describe
-        print(f"{', '.join(args.files)} at step {step}: {describe(result)}")
+    if "ppl" not in result:   # BERT: the masked-LM loss of the masked tokens
+        print(f"{names} at step {step}: masked-LM loss {result['loss']:.4f} over "
+              f"{result['tokens']} masked tokens")
         return
-    print(f"{', '.join(args.files)} at step {step}: loss {result['val_loss']:.4f}, "
-          f"perplexity {result['val_ppl']:.2f}, bits per byte {result['val_bpb']:.3f}")
+    print(f"{names} at step {step}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f}, "
+          f"bits per byte {result['bpb']:.3f} over {result['tokens']} tokens")
 
 
 def _config(args) -> None:
@@ -75,6 +75,14 @@ def _config(args) -> None:
 def _generate(args) -> None:
     from foundations.inference.cli import generate_command
     generate_command(args)
+
+
+def _bench(args) -> None:
+    from foundations.config import load_config
+    from foundations.train.bench import bench, format_report
+    report = bench(load_config(args.config, args.overrides), args.steps, args.rounds,
+                   not args.no_plain)
+    print(json.dumps(report) if args.json else format_report(report))
 
 
 def add_sampling_arguments(p) -> None:
@@ -114,11 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list every key with its type, default and doc")
     p.set_defaults(func=_config)
 
-    p = commands.add_parser("eval", help="loss, perplexity and bits per byte of a run on text")
+    p = commands.add_parser("eval", help="loss of a run on text, in sliding windows (decoders "
+                                         "and T5: LM loss; BERT: masked-LM loss)")
     p.add_argument("files", nargs="+", help="text files or directories of *.txt")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--batch-size", type=int, default=0, help="default: the run's batch size")
     p.add_argument("--max-batches", type=int, default=0, help="0: the whole text")
+    p.add_argument("--stride", type=int, default=0,
+                   help="tokens a sliding window advances; each scores only its new tokens "
+                        "(0: the context length, windows side by side)")
     p.add_argument("--override", dest="overrides", action="append", default=[],
                    help="section.key=value applied to the run's config")
     p.set_defaults(func=_eval)
@@ -132,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     p.set_defaults(func=_generate)
 
+    p = commands.add_parser("bench", help="time the real train step on synthetic tokens against "
+                                          "a plain Flax step of the same shape")
+    p.add_argument("config", help="YAML file, e.g. experiments/smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.batch_size=8")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each, after a warm-up")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds to split them into")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain reference step")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_bench)
+
     _add_optional_commands(commands)
     return parser
 
@@ -140,6 +162,7 @@ def _add_optional_commands(commands) -> None:
     """Sub-commands that live with their own package (tokenizers, scaling, ...)."""
     from foundations.compile import add_compile_parser
     from foundations.convert.cli import add_convert_parser
+    from foundations.data.prepare import add_prepare_parser
     from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
                                            add_rag_parser)
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
@@ -154,6 +177,7 @@ def _add_optional_commands(commands) -> None:
     add_rag_parser(commands)
     add_context_parser(commands)
     add_addition_parsers(commands)
+    add_prepare_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ RopeScaling = Literal["none", "linear", "ntk"]
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 DType = Literal["float32", "bfloat16"]
 Remat = Literal["none", "full", "dots"]
+MoeDispatch = Literal["dense", "grouped"]
 ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
 
@@ -72,6 +73,8 @@ class MoeConfig:
                                   "tokens", ">= 0")
     aux_loss_coef: float = knob(0.01, "Switch/Mixtral load-balancing loss weight", ">= 0")
     z_loss_coef: float = knob(0.0, "ST-MoE router z-loss weight", ">= 0")
+    dispatch: MoeDispatch = knob("dense", "dense: one-hot einsums over capacity slots; grouped: "
+                                 "tokens sorted by expert into one ragged matmul (mesh.expert=1)")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class ModelConfig:
     dtype: DType = knob("float32", "compute dtype (parameters stay param_dtype)")
     param_dtype: DType = knob("float32", "parameter dtype")
     remat: Remat = knob("none", "recompute block activations in the backward pass")
+    scan_unroll: int = knob(1, "blocks per iteration of the scanned layer stack; num_layers: "
+                            "fully unrolled (faster steps, longer compiles)", "> 0")
     positions: PositionsConfig = field(default_factory=PositionsConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
 
@@ -129,6 +134,15 @@ class ObjectiveConfig:
                                   "(0, 1]")
     disc_weight: float = knob(50.0, "electra: weight of the replaced-token detection loss",
                               "> 0")
+    loss_chunk_size: int = knob(0, "clm: score this many positions of each row at a time, so "
+                                "no [batch, length, vocab] logits exist; 0: all at once", ">= 0")
+
+
+@dataclass(frozen=True)
+class MixtureSource:
+    """One prepared dataset of `data.mixture` and its share of the training windows."""
+    shards: str = knob("", "a directory made by `foundations prepare`")
+    weight: float = knob(1.0, "relative share of training windows drawn from it", "> 0")
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,15 @@ class DataConfig:
     seq_len: int = knob(256, "tokens per training window", "> 0")
     shuffle_seed: int = knob(0, "seed of the window order")
     fallback_encoding: str = knob("", "e.g. latin-1: for files that are not UTF-8 ('': refuse)")
+    shards: str = knob("", "a directory made by `foundations prepare`: train and validate on its "
+                       "shards (train_files, val_files and val_fraction are then ignored)")
+    mixture: tuple[MixtureSource, ...] = knob((), "prepared datasets mixed by weight, e.g. "
+                                              "[{shards: A, weight: 0.7}, {shards: B, weight: "
+                                              "0.3}]; validation: the first one's")
+    document_masks: bool = knob(False, "packed windows carry segment ids: attention does not "
+                                "cross an end-of-text (decoder, clm)")
+    reset_positions: bool = knob(False, "with document_masks: positions restart at 0 in each "
+                                 "document")
 
 
 @dataclass(frozen=True)
@@ -268,6 +291,8 @@ def coerce(key: str, value: Any, annotation) -> Any:
             value = [value]  # a single path where a list is expected
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if dataclasses.is_dataclass(args[0]):  # a list of sections (data.mixture)
+            return tuple(build_section(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
     if annotation is bool:
         if isinstance(value, bool):
@@ -478,10 +503,26 @@ def validate(config: Config) -> None:
                           f"train.steps={t.steps}")
     if t.init_step is not None and not t.init_from:
         raise ConfigError("train.init_step is set but train.init_from (a run directory) is not")
-    if not data.val_files and data.val_fraction == 0.0:
+    if not data.val_files and data.val_fraction == 0.0 and not (data.shards or data.mixture):
         raise ConfigError("no validation data: set data.val_files or data.val_fraction > 0")
+    validate_shards(config)
     validate_pipeline(config)
     validate_family(config)
+
+
+def validate_shards(config: Config) -> None:
+    """Prepared shards, mixtures and document masks: the settings that must agree."""
+    data = config.data
+    if data.shards and data.mixture:
+        raise ConfigError("set data.shards or data.mixture, not both")
+    if any(not source.shards for source in data.mixture):
+        raise ConfigError("data.mixture: every entry needs its shards directory")
+    if data.reset_positions and not data.document_masks:
+        raise ConfigError("data.reset_positions needs data.document_masks=true")
+    if data.document_masks and (config.model.family != "decoder"
+                                or config.objective.kind != "clm" or config.mesh.stage > 1):
+        raise ConfigError("data.document_masks applies to model.family=decoder with "
+                          "objective.kind=clm and mesh.stage=1")
 
 
 def validate_family(config: Config) -> None:
@@ -492,10 +533,16 @@ def validate_family(config: Config) -> None:
                           f"use one of {', '.join(FAMILY_OBJECTIVES[m.family])}")
     if m.num_decoder_layers is not None and m.family != "encdec":
         raise ConfigError("model.num_decoder_layers applies to model.family=encdec only")
+    if config.objective.loss_chunk_size and kind != "clm":
+        raise ConfigError(f"objective.loss_chunk_size applies to objective.kind=clm only (it is "
+                          f"{kind!r}); set it to 0")
     moe = m.moe
     if moe.num_experts and moe.experts_per_token > moe.num_experts:
         raise ConfigError(f"model.moe.experts_per_token={moe.experts_per_token} exceeds "
                           f"model.moe.num_experts={moe.num_experts}")
+    if moe.num_experts and moe.dispatch == "grouped" and config.mesh.expert != 1:
+        raise ConfigError("model.moe.dispatch=grouped runs with mesh.expert=1 (no all-to-all "
+                          "over the expert axis yet); use dispatch=dense to shard experts")
     if moe.num_experts and m.family != "decoder":
         raise ConfigError("model.moe.num_experts > 0 is supported for model.family=decoder only")
     p = m.positions
@@ -531,7 +578,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 def to_dict(section) -> dict:
     """A config (or section) as nested plain mappings, lists for tuples: what YAML stores."""
     return {f.name: (to_dict(v) if dataclasses.is_dataclass(v) else
-                     list(v) if isinstance(v, tuple) else v)
+                     [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+                     if isinstance(v, tuple) else v)
             for f in dataclasses.fields(section) for v in [getattr(section, f.name)]}
 
 
@@ -580,7 +628,8 @@ def describe_keys() -> str:
 
 
 # Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
-RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout")
+RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout",
+                        "model.scan_unroll", "model.moe.dispatch")
 
 
 def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:

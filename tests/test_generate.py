@@ -116,10 +116,10 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
     assert err.count("\n") == 1 and "model.family=encoder run (objective.kind=mlm): it has no" in err
 
 
+# one decoder (GQA, a ring cache reordered by beam) and T5 are enough
+@pytest.mark.parametrize("family", ["sliding_window", "t5"], indirect=True)
 def test_beam_search_with_the_cache_equals_without(family):
     name, model, params = family
-    if name not in ("sliding_window", "t5"):
-        pytest.skip("one decoder (GQA, a ring cache reordered by beam) and T5 are enough")
     greedy = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
     eos = int(greedy[0, 1])   # some beams finish early, some prompts never do
     kwargs = dict(attention_mask=MASK, max_new_tokens=NEW, num_beams=3, eos_token_id=eos,

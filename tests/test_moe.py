@@ -10,8 +10,8 @@ import pytest
 
 from foundations.config import ModelConfig, MoeConfig
 from foundations.models.layers import Mlp
-from foundations.models.moe import (MoeMlp, dispatch_masks, expert_capacity, load_balancing_loss,
-                                    route, router_z_loss)
+from foundations.models.moe import (MoeMlp, dispatch_masks, expert_capacity, kept_choices,
+                                    load_balancing_loss, route, router_z_loss)
 
 LOGITS = np.array([[2.0, 1.0, 0.0, -1.0],     # token 0: experts 0, 1
                    [0.0, 3.0, 1.0, 0.5],      # token 1: experts 1, 2
@@ -100,3 +100,41 @@ def test_large_capacity_equals_dropless_and_small_capacity_differs():
     _, sown = jax.eval_shape(lambda p: MoeMlp(cfg).apply(p, x, mutable=["intermediates"]),
                              params)
     assert set(sown["intermediates"]) == {"router_aux_loss", "router_z_loss"}
+
+
+def test_kept_choices_match_the_dispatch_slots():
+    ids, weights = route(jnp.asarray(LOGITS)[None], k=2)
+    dispatch, _ = dispatch_masks(ids, weights, 4, capacity=1)
+    kept = kept_choices(ids, 4, capacity=1)
+    # the hand-worked case above: t0 keeps its first choice, t1 both, t2 its first
+    assert np.asarray(kept[0]).tolist() == [[True, False], [True, True], [True, False]]
+    assert np.asarray(kept).sum() == np.asarray(dispatch).sum()
+
+
+@pytest.mark.parametrize("mlp,capacity_factor", [("swiglu", 0.0), ("gelu", 0.5)])
+def test_grouped_dispatch_equals_dense(mlp, capacity_factor):
+    """Sorted ragged matmuls give the dense one-hot path's outputs and gradients, dropless and
+    with tokens dropped at capacity."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 16))
+    dense = dataclasses.replace(with_capacity(tiny(num_experts=4, experts_per_token=2),
+                                              capacity_factor), mlp=mlp)
+    grouped = dataclasses.replace(dense, moe=dataclasses.replace(dense.moe, dispatch="grouped"))
+    params = nn.unbox(jax.jit(MoeMlp(dense).init)(jax.random.PRNGKey(1), x))["params"]
+    params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero biases
+
+    def loss_and_grads(cfg):
+        def loss(p, x):
+            return jnp.sum(jnp.sin(MoeMlp(cfg).apply({"params": p}, x)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    (want, want_grads), (got, got_grads) = loss_and_grads(dense), loss_and_grads(grouped)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5),
+                 got_grads, want_grads)
+
+
+def test_grouped_dispatch_refuses_a_sharded_expert_axis():
+    from foundations.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="dispatch=grouped runs with mesh.expert=1"):
+        load_config("experiments/mixtral_tiny.yaml", ["model.moe.dispatch=grouped",
+                                                      "mesh.expert=2"])

@@ -8,7 +8,8 @@ import pytest
 
 from foundations.config import MeshConfig
 from foundations.parallel.mesh import make_mesh
-from foundations.scaling.probe import next_word_accuracy, sample_word_positions
+from foundations.scaling.probe import (next_word_accuracy, next_word_probe, sample_word_positions,
+                                       wilson_interval)
 from foundations.tokenizers.byte import ByteTokenizer
 from foundations.train.loop import make_trainer
 
@@ -89,3 +90,23 @@ def test_an_untrained_model_scores_zero(tiny_config):
     # chance is the odds of writing one exact word of this text from 258 ids: about 0
     assert next_word_accuracy(trainer, params, ByteTokenizer(), TEXT, num_examples=1000,
                               max_new_tokens=NEW_TOKENS) == 0.0
+
+
+def test_the_continuous_score_is_the_teacher_forced_log_probability():
+    """knows_the_text puts logit 50 on the right character and 0 on the 257 others: log p =
+    -log(1 + 257 e^-50), 0 to 1e-19, per token. chain("the") has the rules " "->t, t->h, h->e and
+    " " otherwise: every character of "the" is right (log p ~ 0), and every character of cat, sat,
+    on and mat gets logit 0 against 50 (log p ~ -50)."""
+    knows = next_word_probe(StandInTrainer(knows_the_text), None, ByteTokenizer(), TEXT,
+                            num_examples=1000, max_new_tokens=NEW_TOKENS)
+    assert knows["probe_acc"] == 1.0 and knows["probe_logprob"] == pytest.approx(0.0, abs=1e-12)
+    the = next_word_probe(StandInTrainer(chain("the")), None, ByteTokenizer(), TEXT,
+                          num_examples=1000, max_new_tokens=NEW_TOKENS)
+    assert the["probe_logprob"] == pytest.approx(-50.0 * (WORDS - THE) / WORDS, rel=1e-6)
+    assert the["probe_acc"] == pytest.approx(THE / WORDS)
+
+
+def test_wilson_interval_by_hand():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)

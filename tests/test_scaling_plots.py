@@ -3,6 +3,8 @@
 import argparse
 import json
 
+import pytest
+
 from foundations.scaling import load_results
 from foundations.scaling.cli import add_fit_parser, add_plot_parser
 from foundations.scaling.plots import plot_probe_accuracy
@@ -33,7 +35,7 @@ def test_plot_writes_png_and_svg(tmp_path):
 
 def test_probe_figure_only_when_probe_measured(tmp_path):
     results = write_sweep(tmp_path / "sweep", with_probe=False, fmt="csv")
-    assert plot_probe_accuracy(load_results(results), tmp_path) == []
+    assert plot_probe_accuracy(load_results(results), {"size_column": "n_params"}, tmp_path) == []
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -49,6 +51,10 @@ def test_fit_writes_json_and_report(tmp_path, capsys):
     assert fit["chinchilla"]["ci"]["alpha"]["lo"] <= fit["chinchilla"]["params"]["alpha"] <= \
         fit["chinchilla"]["ci"]["alpha"]["hi"]
     assert 0.45 < fit["isoflop"]["fit"]["a"] < 0.58
-    assert fit["compute_optimal"][0]["tokens_per_param"] > 0
-    assert "mean_abs_relative_error" in fit["extrapolation"]
+    for row in fit["compute_optimal"]:  # each budget's allocation spends exactly it: C = 6 N D
+        assert 6 * row["N_opt"] * row["D_opt"] == pytest.approx(row["C"], rel=1e-9)
+        assert row["tokens_per_param"] == pytest.approx(row["D_opt"] / row["N_opt"])
+    # the synthetic sweep's largest budget (1e17) is held out and predicted from the others
+    assert fit["extrapolation"]["held_out_budget"] == pytest.approx(1e17)
+    assert fit["extrapolation"]["mean_abs_relative_error"] < 0.015
     assert "samples" not in fit["chinchilla"]

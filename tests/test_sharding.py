@@ -33,6 +33,7 @@ def batches(cfg, steps=3):
 
 
 def assert_trees_close(a, b, atol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from foundations.cli import main
@@ -35,24 +36,41 @@ def test_plan_is_isoflop(sweep_file):
     runs = plan_runs(base, grid)
     assert [r.run_id for r in runs] == ["L1_d16_C3e08", "L2_d32_C3e08", "L3_d48_C3e08",
                                         "L1_d16_C9e08", "L2_d32_C9e08", "L3_d48_C9e08"]
-    for r in runs:  # D = C / (6N), rounded to whole steps of 8 x 32 tokens
+    for r in runs:  # D = C / (exact FLOPs per token), rounded to whole steps of 8 x 32 tokens
         assert r.tokens == r.config.train.steps * 256
-        assert r.flops_6nd == pytest.approx(r.budget, rel=0.15)
+        assert abs(r.flops - r.budget) <= 0.5 * r.flops / r.config.train.steps  # the nearest step
+        assert r.flops == pytest.approx(6 * r.n_compute * r.tokens)
         assert r.flops > r.flops_6nd  # the exact count adds attention and the output head
     assert runs[0].config.optimizer.lr == pytest.approx(3e-3 * 64 / 16)
 
 
 @pytest.mark.parametrize("family", ["mixtral", "t5"])
 def test_plan_counts_the_base_family(sweep_file, family):
-    """An MoE's D = C / (6N) uses the N a token passes through (1 of 8 experts); T5's exact C
-    is below 6ND: the decoder reads only the span targets, about a fifth of each window."""
+    """Budgets are exact FLOPs of the family: an MoE's count has the 1 of 8 experts a token
+    passes through, T5's is below 6ND (the decoder reads only the span targets, about a fifth of
+    each window)."""
     overrides = {"mixtral": ["model.moe.num_experts=8", "model.moe.experts_per_token=1"],
                  "t5": ["model.family=encdec", "objective.kind=span",
                         "model.positions.kind=t5_bias", "model.vocab_size=320"]}[family]
     runs = plan_runs(*load_grid(sweep_file, overrides))
     for r in runs:
-        assert r.flops_6nd == pytest.approx(r.budget, rel=0.15)
+        assert abs(r.flops - r.budget) <= 0.5 * r.flops / r.config.train.steps
         assert (r.flops > r.flops_6nd) == (family == "mixtral"), (r.flops, r.flops_6nd)
+
+
+def test_plan_keeps_the_sizes_nearest_the_tokens_per_param_guess(sweep_file):
+    every = plan_runs(*load_grid(sweep_file))
+    kept = plan_runs(*load_grid(sweep_file, ["grid.sizes_per_budget=2", "grid.tokens_per_param=3"]))
+    for budget in (3e8, 9e8):
+        ratios = {r.run_id: r.tokens / r.n_compute for r in every if r.budget == budget}
+        nearest = sorted(ratios, key=lambda run: abs(np.log(ratios[run] / 3)))[:2]
+        assert sorted(r.run_id for r in kept if r.budget == budget) == sorted(nearest)
+
+
+def test_val_points_spread_validation_over_each_run(sweep_file):
+    for run in plan_runs(*load_grid(sweep_file, ["grid.val_points=4"])):
+        assert run.config.train.eval_every == max(1, run.config.train.steps // 4)
+    assert {r.config.train.eval_every for r in plan_runs(*load_grid(sweep_file))} == {0}
 
 
 def test_bad_grid_key_is_named(sweep_file):
@@ -62,12 +80,12 @@ def test_bad_grid_key_is_named(sweep_file):
 
 def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
-    probed, real_probe = [], probe.next_word_accuracy  # the probe itself: test_probe.py
+    probed, real_probe = [], probe.next_word_probe  # the probe itself: test_probe.py
 
     def recording_probe(trainer, params, tokenizer, text, num_examples):
         probed.append((num_examples, real_probe(trainer, params, tokenizer, text, num_examples)))
         return probed[-1][1]
-    monkeypatch.setattr(probe, "next_word_accuracy", recording_probe)
+    monkeypatch.setattr(probe, "next_word_probe", recording_probe)
     rows = run_sweep(sweep_file, out, stop_after_runs=2)  # interrupted after two runs
     assert [r["run_id"] for r in rows] == ["L1_d16_C3e08", "L2_d32_C3e08"]
     assert (out / "status.txt").read_text().startswith("2/6 runs done")
@@ -82,7 +100,8 @@ def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeyp
     assert {"run_id", "n_params", "n_params_total", "tokens", "flops_6nd", "flops", "train_loss",
             "val_loss", "budget", "curve", "wall_time_s", "probe_acc"} <= set(table[0])
     assert all((out / row["curve"]).is_file() for row in table)
-    assert [row["probe_acc"] for row in table] == [acc for _, acc in probed]
+    assert [{k: v for k, v in row.items() if k.startswith("probe_")} for row in table] == [
+        result for _, result in probed]
     assert [examples for examples, _ in probed] == [8] * 6
     # more compute at a fixed size lowers the loss
     loss = {row["run_id"]: row["val_loss"] for row in table}

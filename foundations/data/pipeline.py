@@ -47,9 +47,11 @@ def expand_files(names: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path, fallback_encoding: str = "") -> str:
+def read_text(path: Path, fallback_encoding: str = "",
+              setting: str = "data.fallback_encoding") -> str:
     """Reads a UTF-8 text file. A file that is not UTF-8 is refused with the offending byte
-    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured."""
+    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured
+    (by `setting`, which the error names)."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -60,7 +62,7 @@ def read_text(path: Path, fallback_encoding: str = "") -> str:
             except (UnicodeDecodeError, LookupError) as e2:
                 raise ConfigError(f"{path} is neither UTF-8 nor {fallback_encoding}: {e2}") from None
         raise ConfigError(f"{path} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r}"
-                          "); convert it (iconv -t utf-8) or set data.fallback_encoding") from None
+                          f"); convert it (iconv -t utf-8) or set {setting}") from None
 
 
 def tokenize_files(files: list[Path], tokenizer: Tokenizer,
@@ -78,24 +80,40 @@ def tokenize_files(files: list[Path], tokenizer: Tokenizer,
 
 
 class PackedWindows:
-    """Random access to non-overlapping windows of seq_len + 1 tokens (a grain data source)."""
+    """Random access to non-overlapping windows of seq_len + 1 tokens (a grain data source).
 
-    def __init__(self, tokens: np.ndarray, seq_len: int):
+    With `eos_id` (document masks) a window is a dict: its tokens, segment ids (documents
+    numbered from 0 in each window; an end-of-text ends its document) and, with
+    `reset_positions`, each token's position within its document."""
+
+    def __init__(self, tokens, seq_len: int, eos_id: int | None = None,
+                 reset_positions: bool = False):
         self.tokens, self.seq_len = tokens, seq_len
+        self.eos_id, self.reset_positions = eos_id, reset_positions
         self.num_windows = (len(tokens) - 1) // seq_len
 
     def __len__(self) -> int:
         return self.num_windows
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, index: int):
         start = int(index) * self.seq_len
-        return self.tokens[start:start + self.seq_len + 1]
+        tokens = self.tokens[start:start + self.seq_len + 1]
+        if self.eos_id is None:
+            return tokens
+        ends = tokens == self.eos_id
+        segments = np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int32)
+        window = {"tokens": tokens, "segments": segments}
+        if self.reset_positions:
+            index = np.arange(len(tokens))
+            starts = np.maximum.accumulate(np.where(np.diff(segments, prepend=-1) != 0, index, 0))
+            window["positions"] = (index - starts).astype(np.int32)
+        return window
 
 
 @dataclass
 class TextData:
     tokenizer: Tokenizer
-    train_tokens: np.ndarray
+    train_tokens: np.ndarray   # or a lazy ShardTokens (data.shards), a list of them (mixture)
     val_tokens: np.ndarray
     bytes_per_token: float   # UTF-8 bytes per token, for bits-per-byte
 
@@ -110,7 +128,11 @@ def configured_tokenizer(spec: str) -> Tokenizer:
 
 
 def load_text_data(cfg: DataConfig) -> TextData:
-    """Reads and tokenizes the configured files and splits off validation data."""
+    """Reads and tokenizes the configured files and splits off validation data (with
+    data.shards or data.mixture: opens the prepared shards instead)."""
+    if cfg.shards or cfg.mixture:
+        from foundations.data.shards import load_shard_data
+        return load_shard_data(cfg)
     tokenizer = configured_tokenizer(cfg.tokenizer)
     fallback = cfg.fallback_encoding
     train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback)
@@ -128,28 +150,56 @@ def load_text_data(cfg: DataConfig) -> TextData:
     return TextData(tokenizer, train, val, bytes_per_token)
 
 
-def train_iterator(tokens: np.ndarray, seq_len: int, global_batch: int, seed: int,
-                   process_index: int = 0, process_count: int = 1):
-    """An endless, checkpointable iterator of this process's rows of each global batch."""
+def document_eos(cfg: DataConfig, tokenizer: Tokenizer) -> int | None:
+    """The end-of-text id that separates documents when data.document_masks is set."""
+    if not cfg.document_masks:
+        return None
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is None:
+        raise ConfigError("data.document_masks needs a tokenizer with an end-of-text token")
+    return eos
+
+
+def train_iterator(tokens, seq_len: int, global_batch: int, seed: int,
+                   process_index: int = 0, process_count: int = 1, weights=(),
+                   eos_id: int | None = None, reset_positions: bool = False):
+    """An endless, checkpointable iterator of this process's rows of each global batch.
+
+    The global order is one seeded shuffle (each epoch reshuffled); process p takes every P-th
+    window of it, so the processes' rows together are the same global batches for any P that
+    divides the batch. `tokens` may be a list of token arrays mixed by `weights`."""
     if global_batch % process_count:
         raise ConfigError(f"train.batch_size={global_batch} does not divide over "
                           f"{process_count} processes")
-    windows = PackedWindows(tokens, seq_len)
-    if len(windows) < global_batch:
-        raise ConfigError(f"training data holds {len(windows)} windows of {seq_len + 1} tokens, "
-                          f"fewer than one batch of {global_batch}")
-    dataset = (grain.MapDataset.source(windows).seed(seed).shuffle().repeat(None)
-               [process_index::process_count]
+    parts = tokens if isinstance(tokens, list) else [tokens]
+    datasets = []
+    for i, part in enumerate(parts):
+        windows = PackedWindows(part, seq_len, eos_id, reset_positions)
+        if len(windows) < global_batch:
+            raise ConfigError(f"training data holds {len(windows)} windows of {seq_len + 1} "
+                              f"tokens, fewer than one batch of {global_batch}")
+        datasets.append(grain.MapDataset.source(windows).seed(seed + i).shuffle().repeat(None))
+    dataset = datasets[0] if len(datasets) == 1 else \
+        grain.MapDataset.mix(datasets, list(weights))
+    dataset = (dataset[process_index::process_count]
                .batch(global_batch // process_count, drop_remainder=True))
     return iter(dataset.to_iter_dataset())
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, max_batches: int = 0,
-                 process_index: int = 0, process_count: int = 1):
+def stack(windows: list):
+    """Windows (arrays, or dicts of arrays) -> one batch."""
+    if isinstance(windows[0], dict):
+        return {key: np.stack([w[key] for w in windows]) for key in windows[0]}
+    return np.stack(windows)
+
+
+def eval_batches(tokens, seq_len: int, global_batch: int, max_batches: int = 0,
+                 process_index: int = 0, process_count: int = 1, eos_id: int | None = None,
+                 reset_positions: bool = False):
     """Validation windows in order, as this process's rows of each global batch. With
     `max_batches`, the batches are spread evenly over the split (not its first pages), so a
     quick evaluation still sees the whole text."""
-    windows = PackedWindows(tokens, seq_len)
+    windows = PackedWindows(tokens, seq_len, eos_id, reset_positions)
     num_batches = len(windows) // global_batch
     if num_batches == 0:
         raise ConfigError(f"validation data holds {len(windows)} windows of {seq_len + 1} tokens, "
@@ -161,4 +211,4 @@ def eval_batches(tokens: np.ndarray, seq_len: int, global_batch: int, max_batche
     rows = global_batch // process_count
     for b in chosen:
         first = int(b) * global_batch + process_index * rows
-        yield np.stack([windows[i] for i in range(first, first + rows)])
+        yield stack([windows[i] for i in range(first, first + rows)])

@@ -37,7 +37,12 @@ def generate_command(args) -> None:
         raise ConfigError(f"{args.run_dir} is a model.family=encoder run (objective.kind="
                           f"{run.objective.kind}): it has no generative head; generate runs "
                           "decoder and encdec runs (eval scores encoders)")
-    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
+    # mesh.* overrides: restored onto that mesh and generated sharded, as training shards
+    on_mesh = any(o.split("=")[0].strip().startswith("mesh.") for o in args.overrides)
+    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides,
+                                                 single_device=not on_mesh)
+    if on_mesh:
+        sampling["mesh"] = trainer.mesh
     decoder = config.model.family == "decoder"
     for i in range(args.num_samples):
         if decoder:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,7 @@ from foundations.inference.beam import beam_search
 from foundations.inference.sampling import choose, process_logits
 from foundations.models.decoder import Decoder
 from foundations.models.encdec import EncoderDecoder
+from foundations.parallel.mesh import RULES, batch_parallelism, check_divisible, logical_shardings
 
 
 class Sampling(NamedTuple):
@@ -131,9 +133,11 @@ def _empty_cache(call, *example):
 
 
 def _as_variables(params) -> dict:
-    """model.apply's variables: {'params': ...} as given, or the bare parameter tree wrapped."""
-    return params if isinstance(params, dict) and set(params) == {"params"} else {
+    """model.apply's variables: {'params': ...} as given, or the bare parameter tree wrapped;
+    numpy leaves (from_hf's) become JAX arrays, which traced indices can index."""
+    variables = params if isinstance(params, dict) and set(params) == {"params"} else {
         "params": params}
+    return jax.tree.map(jnp.asarray, variables)
 
 
 def _prompts(input_ids, attention_mask):
@@ -159,15 +163,18 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
              pad_token_id: int = 0, seed: int = 0, *, num_beams: int = 1,
              length_penalty: float = 1.0, decoder_start_token_id: int | None = None,
              vocab_size: int | None = None, use_cache: bool = True,
-             on_token: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+             on_token: Callable[[np.ndarray], None] | None = None, mesh=None) -> np.ndarray:
     """New token ids (batch, max_new_tokens) after left-padded prompts `input_ids` (batch,
     length) (a T5 model: the encoder's input). temperature 0 is greedy; a row that produced
     `eos_token_id` is filled with `pad_token_id` after it. `vocab_size` keeps sampling off the
     embedding table's padding rows; `on_token` gets each new column (batch,) as it comes.
-    num_beams > 1: beam search (inference/beam.py; deterministic, no on_token)."""
+    num_beams > 1: beam search (inference/beam.py; deterministic, no on_token). `mesh`: sharded
+    like training, parameters by the rules table and prompt rows over the batch axes (rows are
+    repeated up to a multiple of them; the repeats are dropped from the result)."""
     settings = Sampling(float(temperature), int(top_k), float(top_p), float(min_p),
                         float(repetition_penalty), eos_token_id, int(pad_token_id), vocab_size)
     check_sampling(settings, max_new_tokens)
+    model = getattr(model, "module", model)   # from_hf's model: the flax module it wraps
     if not isinstance(model, (Decoder, EncoderDecoder)):
         raise ConfigError(f"generate needs a decoder or an encoder-decoder model, not "
                           f"{type(model).__name__} (an encoder has no generative head)")
@@ -184,6 +191,37 @@ def generate(model, params, input_ids, attention_mask=None, max_new_tokens: int 
     if model.cfg.positions.kind == "learned" and longest > model.cfg.max_seq_len:
         raise ConfigError(f"{length} prompt + {steps} new tokens exceed model.max_seq_len="
                           f"{model.cfg.max_seq_len}, the learned position table")
+    if mesh is not None:
+        variables, ids, mask = _on_mesh(model, variables, ids, mask, mesh)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+            watch = None if on_token is None else (lambda column: on_token(column[:batch]))
+            return _decode(model, variables, ids, mask, settings, steps, num_beams,
+                           length_penalty, decoder_start_token_id, use_cache, seed,
+                           watch)[:batch]
+    return _decode(model, variables, ids, mask, settings, steps, num_beams, length_penalty,
+                   decoder_start_token_id, use_cache, seed, on_token)
+
+
+def _on_mesh(model, variables, ids, mask, mesh):
+    """Parameters laid out by their logical axes and the rules table (as training lays them
+    out), and the prompts' rows, repeated up to a multiple of the batch axes, split over them."""
+    example = (ids[:1], ids[:1, :1]) if isinstance(model, EncoderDecoder) else (ids[:1],)
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), *example)
+    shardings = logical_shardings(nn.get_partition_spec(boxed), mesh)
+    check_divisible(nn.unbox(boxed), shardings)
+    variables = jax.device_put({"params": variables["params"]}, {"params": shardings["params"]})
+    ways = batch_parallelism(mesh)
+    rows = -(-len(ids) // ways) * ways
+    ids, mask = np.resize(ids, (rows, ids.shape[1])), np.resize(mask, (rows, ids.shape[1]))
+    return variables, ids, mask
+
+
+def _decode(model, variables, ids, mask, settings, steps, num_beams, length_penalty,
+            decoder_start_token_id, use_cache, seed, on_token):
+    """generate's loop over new tokens (or beam search) for checked, left-padded prompts."""
+    batch, length = ids.shape
+    pad_token_id, eos_token_id = settings.pad_token_id, settings.eos_token_id
+    vocab_size, repetition_penalty = settings.vocab_size, settings.repetition_penalty
     if num_beams > 1:   # each prompt repeated: one row per beam
         ids, mask = np.repeat(ids, num_beams, axis=0), np.repeat(mask, num_beams, axis=0)
     rows = len(ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from foundations.config import ModelConfig
 from foundations.models.kv_cache import cache_cross_attention, cache_self_attention
@@ -25,6 +26,16 @@ def window(cfg: ModelConfig, causal: bool):
     """(left, right) keys visible around each query for `local_window_size`, or None."""
     w = cfg.local_window_size
     return None if not w else (w - 1, 0 if causal else w - 1)
+
+
+def segment_mask(segments, causal: bool = True):
+    """(B, T) segment ids -> (B, 1, T, T): key j visible to query i only within i's segment
+    (packed documents), and for causal attention only if j <= i."""
+    mask = segments[:, :, None] == segments[:, None, :]
+    if causal:
+        length = segments.shape[1]
+        mask &= jnp.tril(jnp.ones((length, length), bool))[None]
+    return mask[:, None]
 
 
 class Attention(nn.Module):

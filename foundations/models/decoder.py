@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
-from foundations.models.attention import Attention
+from foundations.models.attention import Attention, segment_mask
 from foundations.models.kv_cache import CachedPositions, decode_mask
-from foundations.models.layers import Einsum, Embedding, Mlp, Norm, constrain
+from foundations.models.layers import DTYPES, Einsum, Embedding, Mlp, Norm, constrain
 from foundations.models.moe import MoeMlp
 from foundations.models.positions import add_positions, attention_bias, positions_bias
 
@@ -65,25 +65,29 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
     scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
-                      length=num_layers or cfg.num_layers,
+                      length=num_layers or cfg.num_layers, unroll=cfg.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(cfg, deterministic, causal, cross, decode, name=name)
 
 
 class Decoder(nn.Module):
     """Maps token ids (B, T) to next-token logits (B, T, vocab_size). A boolean `mask`
-    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix).
+    (B, 1, T, T) replaces the causal mask (prefix LM: bidirectional over the prefix); `segments`
+    (B, T) ids of packed documents keep attention within each (data.document_masks).
 
     `decode="prefill"` (the prompt, into an empty cache) and then `decode="step"` (one token a
     call) run against the 'cache' collection (apply with mutable=["cache"]); `positions` are then
-    required, -1 marking padding (inference/generate.py)."""
+    required, -1 marking padding (inference/generate.py). `hidden=True` returns the final-norm
+    states (B, T, d_model) instead, for a loss that applies `output_head` itself."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
-                 decode: str = ""):
+                 decode: str = "", segments=None, hidden: bool = False):
         cfg = self.cfg
+        if segments is not None:
+            mask = segment_mask(segments)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         if decode:
@@ -103,9 +107,21 @@ class Decoder(nn.Module):
             x, _ = stacked_blocks(cfg, deterministic, causal=mask is None, decode=decode)(
                 x, positions, mask, bias, None, None)
         x = Norm(cfg, name="final_norm")(x)
+        if hidden:
+            return x
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
             logits = Einsum(cfg, "btd,dv->btv", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                             cfg.init_std, name="lm_head")(x)
         return constrain(logits, ("batch", "length", "act_vocab"))
+
+
+def output_head(cfg: ModelConfig, params) -> jax.Array:
+    """The (d_model, vocab_size) matrix the Decoder's logits are its final states times, in the
+    compute dtype: the token table, transposed, when tied, else the lm_head kernel."""
+    if cfg.tie_embeddings:
+        head = params["token_embed"]["embedding"].T
+    else:
+        head = params["lm_head"]["kernel"]
+    return head.astype(DTYPES[cfg.dtype])

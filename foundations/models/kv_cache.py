@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig
+from foundations.models.layers import constrain
 
 
 def ring_write(cache: jax.Array, new: jax.Array, index, mode: str) -> jax.Array:
@@ -43,8 +44,9 @@ def cache_self_attention(module: nn.Module, k: jax.Array, v: jax.Array, mode: st
     key = module.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     value = module.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
     index = module.variable("cache", "index", jnp.zeros, (), jnp.int32)
-    key.value = ring_write(key.value, k, index.value, mode)
-    value.value = ring_write(value.value, v, index.value, mode)
+    axes = ("batch", "length", "act_kv_heads", "head_dim")   # rows and kv heads as k and v
+    key.value = constrain(ring_write(key.value, k, index.value, mode), axes)
+    value.value = constrain(ring_write(value.value, v, index.value, mode), axes)
     index.value = k.shape[1] if mode == "prefill" else index.value + 1
     return (k, v) if mode == "prefill" else (key.value, value.value)
 

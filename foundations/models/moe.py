@@ -6,7 +6,10 @@ from which the trainer adds them to the training loss. Dispatch is GShard-style 
 over groups (one sequence each): with capacity_factor 0 every expert has room for the whole
 group (dropless, costing E/k x the expert FLOPs of a sorted grouped matmul); with a capacity
 factor, tokens past an expert's capacity C = ceil(cf * k * T / E) are dropped (first choices are
-placed before second choices). Expert weights carry the `expert` logical axis.
+placed before second choices). `moe.dispatch=grouped` keeps those semantics but sorts the
+(token, choice) pairs by expert and runs each projection as one `jax.lax.ragged_dot`: k x the
+dense MLP's FLOPs whatever the capacity (dropped pairs get weight 0). Expert weights carry the
+`expert` logical axis.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from foundations.config import ModelConfig
+from foundations.config import GATED_MLPS, ModelConfig
 from foundations.models.layers import dtypes, mlp_hidden, normal, residual_std, zeros
 
 
@@ -65,6 +68,31 @@ def dispatch_masks(top_ids, weights, num_experts: int, capacity: int):
     return dispatch, combine
 
 
+def kept_choices(top_ids, num_experts: int, capacity: int) -> jax.Array:
+    """(G, T, k) choices -> (G, T, k) bools: whether each finds a slot (dispatch_masks' rule)."""
+    groups, length, k = top_ids.shape
+    chosen = jax.nn.one_hot(top_ids, num_experts, dtype=jnp.int32)           # (G, T, k, E)
+    by_priority = jnp.swapaxes(chosen, 1, 2).reshape(groups, k * length, num_experts)
+    slot = jnp.sum(jnp.cumsum(by_priority, axis=1) * by_priority, axis=-1) - 1
+    return jnp.swapaxes(slot.reshape(groups, k, length), 1, 2) < capacity
+
+
+def grouped_experts(h, top_ids, weights, kept, expert_mlp, num_experts: int):
+    """sum_k weight * expert_mlp(token) over each token's kept choices, computed with the
+    (token, choice) pairs sorted by expert. `expert_mlp(rows, expert_ids, group_sizes)` maps
+    expert-sorted rows (N*k, d) to outputs (N*k, d)."""
+    *lead, d = h.shape
+    k = top_ids.shape[-1]
+    experts = top_ids.reshape(-1)
+    order = jnp.argsort(experts, stable=True)
+    rows = jnp.take(h.reshape(-1, d), order // k, axis=0)
+    group_sizes = jnp.bincount(experts, length=num_experts).astype(jnp.int32)
+    out = expert_mlp(rows, experts[order], group_sizes)
+    out = jnp.take(out, jnp.argsort(order), axis=0).reshape(*lead, k, d)    # back in token order
+    scale = (weights * kept).astype(out.dtype)
+    return jnp.einsum("btk,btkd->btd", scale, out)
+
+
 class MoeMlp(nn.Module):
     """Drop-in replacement for Mlp: E expert MLPs (any model.mlp kind) behind a top-k router."""
     cfg: ModelConfig
@@ -92,21 +120,34 @@ class MoeMlp(nn.Module):
             return self.param(name, zeros(axes), shape, kinds["param_dtype"]).astype(
                 kinds["dtype"])[:, None, None, :]
 
+        # created in the order the parameters always were (their init keys depend on it)
+        up_w = weight("up", (num_experts, d, f), ("expert", "embed", "mlp"), cfg.init_std)
+        up_b = bias("up_bias", (num_experts, f), ("expert", "mlp"))
+        gated = cfg.mlp in GATED_MLPS
+        gate_w = weight("gate", (num_experts, d, f), ("expert", "embed", "mlp"),
+                        cfg.init_std) if gated else None
+        gate_b = bias("gate_bias", (num_experts, f), ("expert", "mlp")) if gated else 0.0
+        down_w = weight("down", (num_experts, f, d), ("expert", "mlp", "embed"),
+                        residual_std(cfg))
+        down_b = bias("down_bias", (num_experts, d), ("expert", "embed"))
         capacity = expert_capacity(cfg, x.shape[1])
-        dispatch, combine = dispatch_masks(top_ids, weights, num_experts, capacity)
         h = x.astype(kinds["dtype"])
+        if cfg.moe.dispatch == "grouped":
+            def expert_mlp(rows, expert_ids, group_sizes):
+                def per_row(b):  # (E, 1, 1, n) -> the row's expert's bias (rows, n)
+                    return b if isinstance(b, float) else b[:, 0, 0][expert_ids]
+                up = jax.lax.ragged_dot(rows, up_w, group_sizes) + per_row(up_b)
+                hidden = mlp_hidden(cfg, up, lambda: jax.lax.ragged_dot(
+                    rows, gate_w, group_sizes) + per_row(gate_b))
+                return jax.lax.ragged_dot(hidden, down_w, group_sizes) + per_row(down_b)
+            kept = kept_choices(top_ids, num_experts, capacity)
+            y = grouped_experts(h, top_ids, weights, kept, expert_mlp, num_experts)
+            return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+        dispatch, combine = dispatch_masks(top_ids, weights, num_experts, capacity)
         expert_in = jnp.einsum("btec,btd->ebcd", dispatch.astype(h.dtype), h)
-        up = jnp.einsum("ebcd,edf->ebcf", expert_in, weight(
-            "up", (num_experts, d, f), ("expert", "embed", "mlp"), cfg.init_std))
-        up = up + bias("up_bias", (num_experts, f), ("expert", "mlp"))
-
-        def gate():
-            g = jnp.einsum("ebcd,edf->ebcf", expert_in, weight(
-                "gate", (num_experts, d, f), ("expert", "embed", "mlp"), cfg.init_std))
-            return g + bias("gate_bias", (num_experts, f), ("expert", "mlp"))
-        hidden = mlp_hidden(cfg, up, gate)
-        out = jnp.einsum("ebcf,efd->ebcd", hidden, weight(
-            "down", (num_experts, f, d), ("expert", "mlp", "embed"), residual_std(cfg)))
-        out = out + bias("down_bias", (num_experts, d), ("expert", "embed"))
+        up = jnp.einsum("ebcd,edf->ebcf", expert_in, up_w) + up_b
+        hidden = mlp_hidden(cfg, up, lambda: jnp.einsum("ebcd,edf->ebcf", expert_in, gate_w)
+                            + gate_b)
+        out = jnp.einsum("ebcf,efd->ebcd", hidden, down_w) + down_b
         y = jnp.einsum("btec,ebcd->btd", combine.astype(out.dtype), out)
         return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

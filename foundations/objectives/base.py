@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.objectives.losses import cross_entropy, weighted_cross_entropy
+from foundations.models.decoder import output_head
+from foundations.objectives.losses import (chunked_cross_entropy, cross_entropy,
+                                          weighted_cross_entropy)
 
 TRAIN, EVAL = 0, 1   # random streams of `prepare`
 
@@ -37,6 +39,14 @@ class Objective:
         """The model's positional inputs for this batch (also used to initialise it)."""
         return (batch[:, :-1],)
 
+    @staticmethod
+    def packed(batch) -> tuple:
+        """(tokens, the model's keyword inputs): packed windows with document masks
+        (data.document_masks) are dicts that also carry segment ids and positions."""
+        if not isinstance(batch, dict):
+            return batch, {}
+        return batch["tokens"], {k: v[:, :-1] for k, v in batch.items() if k != "tokens"}
+
     def with_aux(self, loss, aux, metrics: dict):
         """Adds the model's auxiliary losses (MoE routers) and reports both parts."""
         if self.model_cfg.moe.num_experts:
@@ -44,8 +54,15 @@ class Objective:
         return loss + aux, metrics
 
     def loss(self, apply, params, batch, rng):
-        logits, aux = apply(params, rng, *self.model_args(batch))
-        loss = cross_entropy(logits, batch[:, 1:])
+        tokens, inputs = self.packed(batch)
+        chunk = self.config.objective.loss_chunk_size
+        if chunk:  # the head is applied chunk by chunk: no (B, T, V) logits
+            hidden, aux = apply(params, rng, tokens[:, :-1], hidden=True, **inputs)
+            loss = chunked_cross_entropy(hidden, output_head(self.model_cfg, params),
+                                         tokens[:, 1:], chunk)
+        else:
+            logits, aux = apply(params, rng, tokens[:, :-1], **inputs)
+            loss = cross_entropy(logits, tokens[:, 1:])
         return self.with_aux(loss, aux, {"ppl": jnp.exp(loss)})
 
 

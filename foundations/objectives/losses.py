@@ -23,3 +23,29 @@ def weighted_cross_entropy(logits, targets, weights) -> tuple[jax.Array, jax.Arr
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = jnp.argmax(logits, axis=-1) == targets
     return weighted_mean(losses, weights), weighted_mean(correct, weights)
+
+
+def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array,
+                          chunk: int) -> jax.Array:
+    """`cross_entropy(hidden @ head, targets)` scoring `chunk` positions of every row at a time
+    (hidden (B, T, D), head (D, V)): a scan whose rematerialised body holds (B, chunk, V) float32
+    logits, forward and backward, where the whole loss holds (B, T, V)."""
+    rows, length, width = hidden.shape
+    pad = -length % chunk
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    valid = jnp.arange(length + pad) < length
+
+    def split(x):  # (B, T + pad, ...) -> (chunks, B, chunk, ...)
+        return jnp.swapaxes(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def chunk_loss(total, piece):
+        h, t, keep = piece
+        logits = jnp.einsum("bcd,dv->bcv", h.astype(head.dtype), head).astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, t)
+        return total + jnp.sum(losses * keep), None
+
+    total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
+                            (split(hidden), split(targets), valid.reshape(-1, chunk)[:, None]))
+    return total / (rows * length)

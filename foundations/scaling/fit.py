@@ -192,34 +192,40 @@ def fit_power_law(x, y):
 # -----------------------------------------------------------------------------
 # Approach 2: IsoFLOP profiles
 
+def isoflop_profile(N, loss, C, min_points=3):
+    """One budget's parabola of loss in log N and its vertex, or None when it has fewer than
+    min_points distinct sizes, opens downwards (no minimum) or is so flat that the vertex is out of
+    float range."""
+    log_n = np.log(np.asarray(N, np.float64))
+    if len(np.unique(log_n)) < min_points:
+        return None
+    design = np.stack([log_n ** 2, log_n, np.ones_like(log_n)], axis=1)
+    (c2, c1, c0), *_ = np.linalg.lstsq(design, np.asarray(loss, np.float64), rcond=None)
+    if c2 <= 0:
+        return None
+    log_n_opt = -c1 / (2 * c2)
+    if not abs(log_n_opt) < 700:  # a nearly flat profile: N_opt would over- or underflow
+        return None
+    return {"budget": float(C), "coeffs": [float(c2), float(c1), float(c0)],
+            "N_opt": float(math.exp(log_n_opt)), "D_opt": float(C / (6 * math.exp(log_n_opt))),
+            "loss_opt": float(c0 - c1 * c1 / (4 * c2))}
+
+
 def fit_isoflop(N, loss, budget, min_points=3):
     """Per budget C, a parabola of loss in log N and its vertex N_opt(C); then N_opt ~ C^a, D_opt ~ C^b.
 
-    D_opt = C / (6 N_opt). Budgets with fewer than min_points distinct sizes, or a parabola that opens
-    downwards (no minimum) or is so flat that its vertex is out of float range, are skipped and listed.
-    Needs at least two usable budgets.
+    D_opt = C / (6 N_opt). Budgets without a usable profile (isoflop_profile) are skipped and
+    listed. Needs at least two usable budgets.
     """
     N, loss, budget = (np.asarray(v, np.float64) for v in (N, loss, budget))
     profiles, skipped = [], []
     for C in np.unique(budget[np.isfinite(budget)]):
         in_budget = budget == C
-        log_n = np.log(N[in_budget])
-        if len(np.unique(log_n)) < min_points:
+        profile = isoflop_profile(N[in_budget], loss[in_budget], C, min_points)
+        if profile is None:
             skipped.append(float(C))
-            continue
-        design = np.stack([log_n ** 2, log_n, np.ones_like(log_n)], axis=1)
-        (c2, c1, c0), *_ = np.linalg.lstsq(design, loss[in_budget], rcond=None)
-        if c2 <= 0:
-            skipped.append(float(C))
-            continue
-        log_n_opt = -c1 / (2 * c2)
-        if not abs(log_n_opt) < 700:  # a nearly flat profile: N_opt would over- or underflow
-            skipped.append(float(C))
-            continue
-        profiles.append({"budget": float(C), "coeffs": [float(c2), float(c1), float(c0)],
-                         "N_opt": float(math.exp(log_n_opt)),
-                         "D_opt": float(C / (6 * math.exp(log_n_opt))),
-                         "loss_opt": float(c0 - c1 * c1 / (4 * c2))})
+        else:
+            profiles.append(profile)
     if len(profiles) < 2:
         raise ValueError(f"IsoFLOP fit needs >= 2 budgets with >= {min_points} sizes and a minimum; "
                          f"got {len(profiles)} usable, skipped {skipped}")
@@ -317,18 +323,39 @@ def bootstrap_power_law(x, loss, fit_fn, full_fit, n_boot=100, seed=0, top_k=2):
                      [x, loss], n_boot=n_boot, seed=seed)
 
 
-def extrapolation_check(N, D, loss, n_held_out=1, fit_fn=fit_chinchilla):
-    """Fit on all but the n_held_out largest model sizes, predict those; returns errors of the prediction."""
+def extrapolation_check(N, D, loss, n_held_out=1, fit_fn=fit_chinchilla, budget=None):
+    """Fit L(N, D) without part of the runs and predict those: the point of a scaling law.
+
+    With IsoFLOP budgets (at least three), the largest budget is held out: its runs' losses are
+    predicted, and so is its compute-optimal loss, against the vertex of its own IsoFLOP parabola.
+    Without budgets, the n_held_out largest model sizes are held out instead."""
     N, D, loss = (np.asarray(v, np.float64) for v in (N, D, loss))
-    sizes = np.unique(N)
-    if len(sizes) <= n_held_out + 1:
-        raise ValueError(f"need more than {n_held_out + 1} distinct model sizes to hold out {n_held_out}")
-    held_out = N >= sizes[-n_held_out]
+    budget = np.full(len(N), np.nan) if budget is None else np.asarray(budget, np.float64)
+    budgets = np.unique(budget[np.isfinite(budget)])
+    out = {}
+    if len(budgets) >= 3:
+        held_out = budget == budgets[-1]
+        out["held_out_budget"] = float(budgets[-1])
+    else:
+        sizes = np.unique(N)
+        if len(sizes) <= n_held_out + 1:
+            raise ValueError(f"need more than {n_held_out + 1} distinct model sizes to hold out {n_held_out}")
+        held_out = N >= sizes[-n_held_out]
+        out["held_out_sizes"] = [float(s) for s in sizes[-n_held_out:]]
     params = fit_fn(N[~held_out], D[~held_out], loss[~held_out])
     predicted = predict_loss(params, N[held_out], D[held_out])
     relative_error = (predicted - loss[held_out]) / loss[held_out]
-    return {"params": params, "held_out_sizes": [float(s) for s in sizes[-n_held_out:]],
-            "N": N[held_out].tolist(), "D": D[held_out].tolist(), "observed": loss[held_out].tolist(),
-            "predicted": predicted.tolist(), "relative_error": relative_error.tolist(),
-            "mean_abs_relative_error": float(np.mean(np.abs(relative_error))),
-            "max_abs_relative_error": float(np.max(np.abs(relative_error)))}
+    out.update({"params": params, "N": N[held_out].tolist(), "D": D[held_out].tolist(),
+                "observed": loss[held_out].tolist(), "predicted": predicted.tolist(),
+                "relative_error": relative_error.tolist(),
+                "mean_abs_relative_error": float(np.mean(np.abs(relative_error))),
+                "max_abs_relative_error": float(np.max(np.abs(relative_error)))})
+    if "held_out_budget" in out:
+        C = out["held_out_budget"]
+        optimum = {"predicted_loss": float(compute_optimal(params, C)["loss"])}
+        profile = isoflop_profile(N[held_out], loss[held_out], C)
+        if profile is not None:  # without a vertex only the runs are compared
+            optimum["observed_loss"] = profile["loss_opt"]
+            optimum["relative_error"] = (optimum["predicted_loss"] - profile["loss_opt"]) / profile["loss_opt"]
+        out["compute_optimal"] = optimum
+    return out

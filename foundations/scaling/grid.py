@@ -2,10 +2,12 @@
 
 Sizes grow depth and width together (d_model = aspect_ratio * num_layers, heads of head_dim), so
 one number, the depth, names a size. For each FLOP budget C, every size whose token budget
-D = C / (6N) gives between min_steps and max_steps optimizer steps is trained: the IsoFLOP design
-of Hoffmann et al. (2022), Approach 2. N is the non-embedding count a token passes through (an
-MoE's k routed experts, not all E); each run also records its exact C, the family's own count
-from models/flops.py. Learning rate follows width: lr = lr_base * (lr_width / d).
+D = C / (training FLOPs per token) gives between min_steps and max_steps optimizer steps is
+trained: the IsoFLOP design of Hoffmann et al. (2022), Approach 2. The FLOPs per token are the
+family's exact count (models/flops.py: every matmul, the output head and attention scores), so
+the runs of one budget really spend the same compute; each run records that count as n_compute =
+FLOPs per token / 6 (C = 6·n_compute·D, the N the fits use) beside its non-embedding n_params.
+Learning rate follows width: lr = lr_base * (lr_width / d).
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ class GridConfig:
     depths: tuple[int, ...] = knob((1, 2, 3, 4, 5, 6, 7, 8), "model sizes, by depth")
     aspect_ratio: int = knob(16, "d_model / num_layers", "> 0")
     head_dim: int = knob(16, "head size of every size", "> 0")
-    budgets: tuple[float, ...] = knob((1e12, 3e12), "FLOP budgets C (6·N·D)")
+    budgets: tuple[float, ...] = knob((1e12, 3e12), "FLOP budgets C (exact training FLOPs)")
     min_steps: int = knob(20, "sizes that would get fewer steps at a budget are left out", "> 0")
     max_steps: int = knob(3000, "... and so are sizes that would get more", "> 0")
+    sizes_per_budget: int = knob(0, "per budget, the sizes nearest tokens_per_param (0: all)", ">= 0")
+    tokens_per_param: float = knob(20.0, "D/N the sizes of a budget centre on (Chinchilla's 20)",
+                                   "> 0")
     lr_base: float = knob(3e-3, "learning rate at width lr_width", "> 0")
     lr_width: int = knob(64, "the width lr_base is for", "> 0")
     warmup_fraction: float = knob(0.1, "warmup, as a share of each run's steps", "[0, 1]")
+    val_points: int = knob(0, "validation losses along each run, for the loss-vs-compute curves "
+                              "(0: only the final one)", ">= 0")
     probe_examples: int = knob(200, "next-word probe on validation text; 0: no probe", ">= 0")
 
 
@@ -45,6 +52,7 @@ class RunSpec:
     config: Config
     n_params: int                  # non-embedding (an MoE's: all experts)
     n_params_total: int
+    n_compute: float               # training FLOPs per token / 6
     tokens: int
     flops_6nd: float
     flops: float                   # exact: train_flops_per_token (models/flops.py) · D
@@ -86,29 +94,39 @@ def size_settings(base: dict, grid: GridConfig, depth: int) -> dict:
 
 
 def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
-    """Every (size, budget) pair whose step count lies in [min_steps, max_steps]."""
+    """Every (size, budget) pair whose step count lies in [min_steps, max_steps]; with
+    grid.sizes_per_budget, only that many sizes per budget, those whose D/N is nearest
+    grid.tokens_per_param (a guess at the optimum the profile should straddle)."""
     runs = []
     for budget in grid.budgets:
+        in_budget = []
         for depth in grid.depths:
             tree = size_settings(base, grid, depth)
             set_path(tree, ["schedule", "warmup_steps"], 0)
             sized = config_from_tree(tree)
             counts = param_counts(sized.model, sized.objective)
+            flops_per_token = train_flops_per_token(sized.model, sized.data.seq_len, sized.objective)
             tokens_per_step = sized.train.batch_size * sized.data.seq_len
-            steps = round(budget / (6 * counts.active) / tokens_per_step)
+            steps = round(budget / flops_per_token / tokens_per_step)
             if not grid.min_steps <= steps <= grid.max_steps:
                 continue
             set_path(tree, ["train", "steps"], steps)
             set_path(tree, ["schedule", "warmup_steps"], max(1, int(grid.warmup_fraction * steps)))
+            if grid.val_points:
+                set_path(tree, ["train", "eval_every"], max(1, steps // grid.val_points))
             config = config_from_tree(tree)
             tokens = steps * tokens_per_step
-            runs.append(RunSpec(
+            in_budget.append(RunSpec(
                 run_id=f"L{depth}_d{config.model.d_model}_C{budget:.0e}".replace("+", ""),
                 size=f"L{depth}_d{config.model.d_model}", budget=budget, config=config,
-                n_params=counts.non_embedding, n_params_total=counts.total, tokens=tokens,
-                flops_6nd=6.0 * counts.active * tokens,
-                flops=train_flops_per_token(config.model, config.data.seq_len,
-                                            config.objective) * tokens))
+                n_params=counts.non_embedding, n_params_total=counts.total,
+                n_compute=flops_per_token / 6, tokens=tokens,
+                flops_6nd=6.0 * counts.active * tokens, flops=flops_per_token * tokens))
+        if grid.sizes_per_budget:
+            distance = lambda r: abs(math.log(r.tokens / r.n_compute / grid.tokens_per_param))  # noqa: E731
+            nearest = {r.run_id for r in sorted(in_budget, key=distance)[:grid.sizes_per_budget]}
+            in_budget = [r for r in in_budget if r.run_id in nearest]
+        runs += in_budget
     if not runs:
         raise ConfigError("grid: no (size, budget) pair gives between grid.min_steps and "
                           "grid.max_steps steps; widen the budgets or the step range")
@@ -117,12 +135,12 @@ def plan_runs(base: dict, grid: GridConfig) -> list[RunSpec]:
 
 def describe(runs: list[RunSpec]) -> str:
     """A table of the planned runs, for the user to read before spending the compute."""
-    lines = [f"{'run':<22}{'N (non-emb)':>12}{'N total':>10}{'tokens':>11}{'steps':>7}"
-             f"{'6ND':>10}{'exact C':>10}{'lr':>9}"]
+    lines = [f"{'run':<22}{'N (non-emb)':>12}{'N total':>10}{'n_compute':>11}{'tokens':>11}"
+             f"{'D/N':>7}{'steps':>7}{'exact C':>10}{'lr':>9}"]
     for r in runs:
-        lines.append(f"{r.run_id:<22}{r.n_params:>12,}{r.n_params_total:>10,}{r.tokens:>11,}"
-                     f"{r.config.train.steps:>7}{r.flops_6nd:>10.2e}{r.flops:>10.2e}"
-                     f"{r.config.optimizer.lr:>9.2e}")
+        lines.append(f"{r.run_id:<22}{r.n_params:>12,}{r.n_params_total:>10,}{r.n_compute:>11,.0f}"
+                     f"{r.tokens:>11,}{r.tokens / r.n_compute:>7.1f}{r.config.train.steps:>7}"
+                     f"{r.flops:>10.2e}{r.config.optimizer.lr:>9.2e}")
     total = sum(r.flops for r in runs)
     lines.append(f"{len(runs)} runs, {total:.2e} FLOPs in all (log10 = {math.log10(total):.1f})")
     return "\n".join(lines)

@@ -31,7 +31,11 @@ def _save(fig, out_dir, name):
     return paths
 
 
-def _size_colorbar(fig, ax, norm, label="non-embedding parameters N"):
+SIZE_LABELS = {"n_params": "non-embedding parameters N",
+               "n_compute": "N = training FLOPs per token / 6"}
+
+
+def _size_colorbar(fig, ax, norm, label):
     sm = plt.cm.ScalarMappable(norm=norm, cmap=CMAP)
     fig.colorbar(sm, ax=ax, label=label)
 
@@ -43,21 +47,25 @@ def chinchilla_label(params):
 
 
 def plot_loss_vs_compute(rows, analysis, out_dir):
-    """Every run's training curve against C = 6 N tokens, final validation losses, and the fitted frontier."""
-    N = np.array([r["n_params"] for r in rows], dtype=float)
+    """Every run's curve against C = 6 N tokens (its validation losses where the run recorded more than
+    one, else its training loss), the final losses, and the fitted frontier."""
+    N, D, final = columns(rows, analysis["size_column"], "tokens", analysis["loss_column"])
     norm = LogNorm(N.min(), N.max() * 1.0001)
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    for row in rows:
+    val_curves = 0
+    for row, n in zip(rows, N):
         try:
             curve = load_curve(row["curve_path"])
         except OSError:
             continue
-        tokens = np.array([p["tokens"] for p in curve], dtype=float)
-        loss = np.array([p["loss"] for p in curve], dtype=float)
+        validated = [p for p in curve if "val_loss" in p]
+        points, key = (validated, "val_loss") if len(validated) > 1 else (curve, "loss")
+        val_curves += key == "val_loss"
+        tokens = np.array([p["tokens"] for p in points], dtype=float)
+        loss = np.array([p[key] for p in points], dtype=float)
         keep = tokens > 0
-        ax.plot(6 * row["n_params"] * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(row["n_params"])),
-                lw=0.8, alpha=0.6)
-    flops, final = columns(rows, "flops_6nd", analysis["loss_column"])
+        ax.plot(6 * n * tokens[keep], loss[keep], color=plt.get_cmap(CMAP)(norm(n)), lw=0.8, alpha=0.6)
+    flops = 6 * N * D
     ax.scatter(flops, final, c=N, cmap=CMAP, norm=norm, s=18, edgecolors="k", linewidths=0.4, zorder=3,
                label=f"final {analysis['loss_column']}")
     fit3 = analysis["chinchilla"]
@@ -66,19 +74,34 @@ def plot_loss_vs_compute(rows, analysis, out_dir):
         frontier = F.compute_optimal(fit3["params"], C)["loss"]
         ax.plot(C, frontier, "k--", lw=1.8, label=f"compute-optimal frontier of\n{chinchilla_label(fit3['params'])}")
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)", ylabel="loss (nats/token)",
-           title="Loss vs compute: every run's curve, coloured by model size")
+           title=f"Loss vs compute: {'validation' if val_curves == len(rows) else 'training'} curves"
+                 f"{'' if val_curves in (0, len(rows)) else f' ({val_curves} of them validation)'}"
+                 ", coloured by model size")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
-    _size_colorbar(fig, ax, norm)
+    _size_colorbar(fig, ax, norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "loss_vs_compute")
 
 
+def _profile_resamples(N, loss, C, log_n, n_boot=50, seed=0):
+    """One budget's parabola refitted on bootstrap resamples of its runs, evaluated at log_n."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for _ in range(n_boot):
+        idx = rng.choice(len(N), size=len(N), replace=True)
+        profile = F.isoflop_profile(N[idx], loss[idx], C)
+        if profile is not None:
+            curves.append(np.polyval(profile["coeffs"], log_n))
+    return curves
+
+
 def plot_isoflop(rows, analysis, out_dir):
-    """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N, and its minimum."""
+    """Final loss vs N for each IsoFLOP budget, the fitted parabola in log N with its 95% bootstrap
+    band (the budget's runs resampled), and its minimum."""
     fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
-    N, loss, budget = columns(rows, "n_params", analysis["loss_column"], "budget")
+    N, loss, budget = columns(rows, analysis["size_column"], analysis["loss_column"], "budget")
     iso = analysis["isoflop"]
     budgets = np.unique(budget[np.isfinite(budget)])
     if len(budgets) == 0:
@@ -94,11 +117,12 @@ def plot_isoflop(rows, analysis, out_dir):
             p = profiles[C]
             log_n = np.linspace(np.log(N[mask].min()) - 0.3, np.log(N[mask].max()) + 0.3, 100)
             ax.plot(np.exp(log_n), np.polyval(p["coeffs"], log_n), color=color, lw=1.2)
+            _fill_band(ax, np.exp(log_n), _profile_resamples(N[mask], loss[mask], C, log_n), color, 0.15)
             ax.scatter([p["N_opt"]], [p["loss_opt"]], marker="*", s=160, color=color, edgecolors="k", zorder=4)
     title = "IsoFLOP profiles: parabola in log N per budget, ★ = its minimum N_opt(C)"
     if "fit" in iso:
         title += f"\nN_opt ∝ C^{iso['fit']['a']:.3f},  D_opt ∝ C^{iso['fit']['b']:.3f}"
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=f"final {analysis['loss_column']} (nats/token)",
+    ax.set(xscale="log", xlabel=SIZE_LABELS[analysis["size_column"]], ylabel=f"final {analysis['loss_column']} (nats/token)",
            title=title)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, which="both", alpha=0.2)
@@ -107,6 +131,8 @@ def plot_isoflop(rows, analysis, out_dir):
 
 def _fill_band(ax, x, curves, color, alpha):
     """Shades the 2.5-97.5 percentile band of bootstrap curves, ignoring degenerate (NaN) ones."""
+    if not len(curves):
+        return
     curves = np.array(curves, dtype=np.float64)
     curves = curves[np.isfinite(curves).all(axis=1) & (curves > 0).all(axis=1)]
     if len(curves):
@@ -119,7 +145,8 @@ def _interval_text(ci, name):
 
 def plot_optimal_allocation(rows, analysis, out_dir):
     """N_opt(C) and D_opt(C): IsoFLOP minima, the Approach-2 power laws and the Approach-3 closed form, 95% bands."""
-    flops, = columns(rows, "flops_6nd")
+    N, D = columns(rows, analysis["size_column"], "tokens")
+    flops = 6 * N * D
     C = np.geomspace(np.nanmin(flops) / 10, np.nanmax(flops) * 100, 100)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     iso, fit3 = analysis["isoflop"], analysis["chinchilla"]
@@ -158,16 +185,26 @@ def plot_optimal_allocation(rows, analysis, out_dir):
 
 
 def plot_predicted_vs_observed(rows, analysis, out_dir):
-    """Approach-3 prediction against each run's observed final loss; points on the diagonal are fitted well."""
+    """Approach-3 prediction against each run's observed final loss (points on the diagonal are fitted
+    well), and the held-out runs as predicted by the fit that did not see them."""
     fit3 = analysis["chinchilla"]
     if "params" not in fit3:
         return []
-    N, D, loss = columns(rows, "n_params", "tokens", analysis["loss_column"])
+    N, D, loss = columns(rows, analysis["size_column"], "tokens", analysis["loss_column"])
     predicted = F.predict_loss(fit3["params"], N, D)
     rms_log = float(np.sqrt(np.mean((np.log(predicted) - np.log(loss)) ** 2)))
     fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
     norm = LogNorm(N.min(), N.max() * 1.0001)
-    ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
+    ax.scatter(loss, predicted, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4,
+               label="every run, fit on all")
+    ext = analysis["extrapolation"]
+    if "observed" in ext:
+        held_out = (f"C = {ext['held_out_budget']:.1e}" if "held_out_budget" in ext
+                    else "the largest size")
+        ax.scatter(ext["observed"], ext["predicted"], marker="*", s=140, c=ext["N"], cmap=CMAP, norm=norm,
+                   edgecolors="r", linewidths=0.8, zorder=4,
+                   label=f"held out ({held_out}), predicted: mean |error| "
+                         f"{100 * ext['mean_abs_relative_error']:.2f}%")
     lo, hi = min(loss.min(), predicted.min()), max(loss.max(), predicted.max())
     ax.plot([lo, hi], [lo, hi], "k:", lw=1, label="predicted = observed")
     ax.set(xlabel=f"observed final {analysis['loss_column']} (nats/token)", ylabel="predicted L(N, D)",
@@ -176,28 +213,38 @@ def plot_predicted_vs_observed(rows, analysis, out_dir):
             transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "alpha": 0.8})
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(True, alpha=0.2)
-    _size_colorbar(fig, ax, norm)
+    _size_colorbar(fig, ax, norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "predicted_vs_observed")
 
 
-def plot_probe_accuracy(rows, out_dir):
-    """The emergent-ability probe's accuracy vs N and vs C (only when the sweep measured probe_acc)."""
+def plot_probe_accuracy(rows, analysis, out_dir):
+    """The probe against compute and against validation loss, in its exact-match metric (with 95%
+    intervals where the sweep recorded them) and its continuous one (only when measured)."""
     with_probe = [r for r in rows if r.get("probe_acc") is not None]
     if not with_probe:
         return []
-    N, C, acc = columns(with_probe, "n_params", "flops_6nd", "probe_acc")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
-    c_norm = LogNorm(C.min(), C.max() * 1.0001)
-    axes[0].scatter(N, acc, c=C, cmap="plasma", norm=c_norm, s=22, edgecolors="k", linewidths=0.4)
-    fig.colorbar(plt.cm.ScalarMappable(norm=c_norm, cmap="plasma"), ax=axes[0], label="compute C (FLOPs)")
-    axes[0].set(xlabel="non-embedding parameters N", title="Probe accuracy vs model size (colour: compute)")
+    N, D, acc, val_loss = columns(with_probe, analysis["size_column"], "tokens", "probe_acc",
+                                  analysis["loss_column"])
+    C = 6 * N * D
+    lo, hi, logprob = columns(with_probe, "probe_acc_lo", "probe_acc_hi", "probe_logprob")
+    metrics = [("exact match (share of words)", acc, (acc - lo, hi - acc))]
+    if np.isfinite(logprob).all():
+        metrics.append(("log-probability per token of the right word", logprob, None))
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(13, 4.5 * len(metrics)), layout="constrained",
+                             squeeze=False)
     norm = LogNorm(N.min(), N.max() * 1.0001)
-    axes[1].scatter(C, acc, c=N, cmap=CMAP, norm=norm, s=22, edgecolors="k", linewidths=0.4)
-    axes[1].set(xlabel="training compute C = 6ND (FLOPs)", title="Probe accuracy vs compute (colour: N)")
-    for ax in axes:
-        ax.set(xscale="log", ylabel="probe accuracy", ylim=(-0.03, 1.03))
-        ax.grid(True, which="both", alpha=0.2)
-    _size_colorbar(fig, axes[1], norm)
+    colors = plt.get_cmap(CMAP)(norm(N))
+    for row_axes, (name, values, errors) in zip(axes, metrics):
+        for ax, x, xlabel in ((row_axes[0], C, "training compute C = 6ND (FLOPs)"),
+                              (row_axes[1], val_loss, f"final {analysis['loss_column']} (nats/token)")):
+            if errors is not None and np.isfinite(errors).all():
+                ax.errorbar(x, values, yerr=errors, fmt="none", ecolor="0.6", lw=0.8, zorder=2)
+            ax.scatter(x, values, c=colors, s=22, edgecolors="k", linewidths=0.4, zorder=3)
+            ax.set(xscale="log" if x is C else "linear", xlabel=xlabel, ylabel=name,
+                   title=f"Probe, {name.split(' (')[0]}, vs {'compute' if x is C else 'loss'}")
+            ax.grid(True, which="both", alpha=0.2)
+        row_axes[1].invert_xaxis()  # lower loss to the right, as compute grows to the right
+    _size_colorbar(fig, axes[:, 1].tolist(), norm, SIZE_LABELS[analysis["size_column"]])
     return _save(fig, out_dir, "probe_accuracy")
 
 
@@ -210,5 +257,5 @@ def plot_all(rows, analysis, out_dir):
     paths += plot_isoflop(rows, analysis, out_dir)
     paths += plot_optimal_allocation(rows, analysis, out_dir)
     paths += plot_predicted_vs_observed(rows, analysis, out_dir)
-    paths += plot_probe_accuracy(rows, out_dir)
+    paths += plot_probe_accuracy(rows, analysis, out_dir)
     return paths

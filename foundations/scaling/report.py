@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from foundations.scaling import fit as F
-from foundations.scaling.results import columns
+from foundations.scaling.results import columns, size_column
 
 
 def _lowest_loss_per_value(x, loss):
@@ -48,8 +48,11 @@ def _try(fn):
 
 def analyse(rows, loss_column="val_loss", n_boot=100, seed=0, n_held_out=1):
     """All fits, bootstrap intervals, allocation table and extrapolation check for loaded results rows."""
-    N, D, loss, budget, flops = columns(rows, "n_params", "tokens", loss_column, "budget", "flops_6nd")
-    out = {"loss_column": loss_column, "n_runs": len(rows), "n_bootstrap": n_boot, "seed": seed}
+    n_column = size_column(rows)
+    N, D, loss, budget = columns(rows, n_column, "tokens", loss_column, "budget")
+    flops = 6 * N * D
+    out = {"loss_column": loss_column, "size_column": n_column, "n_runs": len(rows), "n_bootstrap": n_boot,
+           "seed": seed}
 
     def chinchilla():
         if len(np.unique(N)) < 2 or len(np.unique(D)) < 2 or len(N) < 5:
@@ -113,7 +116,8 @@ def analyse(rows, loss_column="val_loss", n_boot=100, seed=0, n_held_out=1):
         fit_fn = lambda n, d, l: F.fit_chinchilla(n, d, l, top_k=8, extra_inits=init)  # noqa: E731
     else:
         fit_fn = F.fit_chinchilla
-    out["extrapolation"] = _try(lambda: F.extrapolation_check(N, D, loss, n_held_out=n_held_out, fit_fn=fit_fn))
+    out["extrapolation"] = _try(lambda: F.extrapolation_check(N, D, loss, n_held_out=n_held_out, fit_fn=fit_fn,
+                                                              budget=budget))
     return out
 
 
@@ -141,7 +145,8 @@ def _with_ci(name, value, ci):
 def format_report(analysis):
     """Human-readable text of analyse()'s output."""
     lines = [f"Scaling-law fits on {analysis['n_runs']} runs (loss column: {analysis['loss_column']}); "
-             f"[95% bootstrap intervals, {analysis['n_bootstrap']} resamples]", ""]
+             f"[95% bootstrap intervals, {analysis['n_bootstrap']} resamples]",
+             f"N = {analysis['size_column']}, C = 6·N·D", ""]
 
     def section(title, result, names, formula):
         lines.append(f"{title}: {formula}")
@@ -184,7 +189,11 @@ def format_report(analysis):
     lines.append("")
 
     ext = analysis["extrapolation"]
-    lines.append("Extrapolation: fit L(N, D) without the largest size(s), predict them")
+    if "held_out_budget" in ext:
+        lines.append(f"Extrapolation: fit L(N, D) on every budget but the largest "
+                     f"(C = {ext['held_out_budget']:.2g}), predict its runs")
+    else:
+        lines.append("Extrapolation: fit L(N, D) without the largest size(s), predict them")
     if "error" in ext:
         lines.append(f"  skipped: {ext['error']}")
     else:
@@ -192,4 +201,11 @@ def format_report(analysis):
             lines.append(f"  N = {n:.3g}, D = {d:.3g}: observed {obs:.4f}, predicted {pred:.4f} ({100 * err:+.2f}%)")
         lines.append(f"  mean |relative error| = {100 * ext['mean_abs_relative_error']:.2f}%, "
                      f"max = {100 * ext['max_abs_relative_error']:.2f}%")
+        optimum = ext.get("compute_optimal", {})
+        if "observed_loss" in optimum:
+            lines.append(f"  compute-optimal loss: observed (IsoFLOP vertex) {optimum['observed_loss']:.4f}, "
+                         f"predicted {optimum['predicted_loss']:.4f} ({100 * optimum['relative_error']:+.2f}%)")
+        elif optimum:
+            lines.append(f"  compute-optimal loss: predicted {optimum['predicted_loss']:.4f} "
+                         "(the held-out profile has no vertex to compare with)")
     return "\n".join(lines)

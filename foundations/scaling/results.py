@@ -19,7 +19,8 @@ RESULT_COLUMNS = {
     "budget": float, "curve": str, "wall_time_s": float,
 }
 NULLABLE_COLUMNS = {"budget"}
-OPTIONAL_COLUMNS = {"probe_acc": float}
+OPTIONAL_COLUMNS = {"probe_acc": float, "probe_acc_lo": float, "probe_acc_hi": float,
+                    "probe_logprob": float, "n_compute": float}
 
 
 class ResultsError(ValueError):
@@ -119,6 +120,13 @@ def load_curve(path) -> list[dict]:
                     raise ResultsError(f"{path}, line {line_no}, column {column!r}: missing")
             points.append(record)
     return points
+
+
+def size_column(rows) -> str:
+    """The N of every fit and figure, chosen once per table: `n_compute` (training FLOPs per token / 6,
+    so C = 6·N·D holds exactly, output head and attention included) where the sweep recorded it, else
+    `n_params` (non-embedding parameters, as published tables give N)."""
+    return "n_compute" if rows and all(r.get("n_compute") is not None for r in rows) else "n_params"
 
 
 def columns(rows, *names):

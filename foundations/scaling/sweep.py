@@ -25,13 +25,12 @@ def final_train_loss(run_dir: Path) -> float:
 
 def result_row(spec, run_dir: Path, out_dir: Path, summary: dict, wall_time: float) -> dict:
     row = {"run_id": spec.run_id, "size": spec.size, "n_params": spec.n_params,
-           "n_params_total": spec.n_params_total, "tokens": spec.tokens,
+           "n_params_total": spec.n_params_total, "n_compute": spec.n_compute, "tokens": spec.tokens,
            "flops_6nd": spec.flops_6nd, "flops": spec.flops,
            "train_loss": final_train_loss(run_dir), "val_loss": summary["val_loss"],
            "budget": spec.budget, "curve": str((run_dir / "metrics.jsonl").relative_to(out_dir)),
            "wall_time_s": round(wall_time, 2)}
-    if "probe_acc" in summary:
-        row["probe_acc"] = summary["probe_acc"]
+    row.update({k: v for k, v in summary.items() if k.startswith("probe_")})
     return row
 
 
@@ -61,7 +60,7 @@ def run_sweep(sweep_file, out_dir, overrides=(), shard: tuple[int, int] = (0, 1)
     `stop_after_runs` ends the sweep after that many newly finished runs (tests use it to
     stand for an interruption)."""
     from foundations.data.pipeline import load_text_data
-    from foundations.scaling.probe import next_word_accuracy
+    from foundations.scaling.probe import next_word_probe
     from foundations.train.loop import log, train
 
     base, grid = load_grid(sweep_file, list(overrides))
@@ -76,8 +75,8 @@ def run_sweep(sweep_file, out_dir, overrides=(), shard: tuple[int, int] = (0, 1)
     def probe(trainer, state, data):
         if not grid.probe_examples:
             return {}
-        return {"probe_acc": next_word_accuracy(trainer, state["params"], data.tokenizer,
-                                                val_text, grid.probe_examples)}
+        return next_word_probe(trainer, state["params"], data.tokenizer, val_text,
+                               grid.probe_examples)
 
     index, count = shard
     finished_now = 0

@@ -60,7 +60,10 @@ def write_sweep(out_dir, with_probe=True, fmt="jsonl", noise=0.005, seed=0):
                "flops": float(6.6 * n * int(d)), "train_loss": float(l + 0.01), "val_loss": float(l),
                "budget": float(c), "curve": str(curve), "wall_time_s": 1.0 + n * 1e-7}
         if with_probe:
-            row["probe_acc"] = float(1 / (1 + np.exp((l - 5.5) / 0.3)))
+            from foundations.scaling.probe import wilson_interval
+            acc = float(1 / (1 + np.exp((l - 5.5) / 0.3)))
+            lo, hi = wilson_interval(round(200 * acc), 200)
+            row.update(probe_acc=acc, probe_acc_lo=lo, probe_acc_hi=hi, probe_logprob=float(-0.6 * l))
         rows.append(row)
     if fmt == "jsonl":
         path = out_dir / "results.jsonl"

@@ -11,16 +11,18 @@ import math
 import jax
 import numpy as np
 
-from foundations.data.pipeline import eval_batches
+from foundations.data.pipeline import document_eos, eval_batches
 
 
 def evaluate(trainer, params, tokens: np.ndarray, bytes_per_token: float, batch_size: int,
              max_batches: int = 0) -> dict:
     """Mean loss over the validation windows (the first `max_batches` batches; 0: all), and the
     objective's own metrics (masked-token accuracy, replaced-token detection accuracy, ...)."""
+    data = trainer.config.data
+    eos = document_eos(data, trainer.objective.tokenizer)
     results = [trainer.eval_metrics(params, rows, i) for i, rows in enumerate(eval_batches(
         tokens, trainer.seq_len, batch_size, max_batches, jax.process_index(),
-        jax.process_count()))]
+        jax.process_count(), eos, data.reset_positions))]
     means = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
     loss = means.pop("loss")
     out = {"val_loss": loss}

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
                                 load_config, replace, save_config)
-from foundations.data.pipeline import (TextData, configured_tokenizer, load_text_data,
-                                       train_iterator)
+from foundations.data.pipeline import (TextData, configured_tokenizer, document_eos,
+                                       load_text_data, train_iterator)
 from foundations.train.evaluate import describe, evaluate
 from foundations.inference.text import generate_text
 from foundations.parallel.mesh import make_mesh
@@ -65,8 +65,14 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     data, trainer = build(config, mesh, data)
     tc = config.train
-    iterator = train_iterator(data.train_tokens, config.data.seq_len, tc.batch_size,
-                              config.data.shuffle_seed, jax.process_index(), jax.process_count())
+    dc = config.data
+    if dc.shards or dc.mixture:
+        log(f"training from {dc.shards or ', '.join(m.shards for m in dc.mixture)}: "
+            "data.train_files, data.val_files and data.val_fraction are ignored")
+    iterator = train_iterator(data.train_tokens, dc.seq_len, tc.batch_size, dc.shuffle_seed,
+                              jax.process_index(), jax.process_count(),
+                              [m.weight for m in dc.mixture],
+                              document_eos(dc, data.tokenizer), dc.reset_positions)
     if jax.process_index() == 0:
         for path in checkpoint.set_aside_incomplete(run_dir):
             log(f"a save that never finished (the run was killed during it) moved to {path}")
@@ -87,7 +93,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         keep_tokenizer(config, run_dir)
     counts = trainer.counts
     log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
-        f"mesh {dict(trainer.mesh.shape)}, {data.train_tokens.size:,} training tokens")
+        f"mesh {dict(trainer.mesh.shape)}, {training_tokens(data):,} training tokens")
 
     writer = MetricsWriter(run_dir, resume_step=start)
     tokens_per_step = tc.batch_size * config.data.seq_len
@@ -157,6 +163,11 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_loss_curve(run_dir)
     return summary
+
+
+def training_tokens(data: TextData) -> int:
+    parts = data.train_tokens if isinstance(data.train_tokens, list) else [data.train_tokens]
+    return sum(len(part) for part in parts)
 
 
 def keep_tokenizer(config: Config, run_dir: Path) -> None:

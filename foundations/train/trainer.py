@@ -207,6 +207,10 @@ class Trainer:
         """Shapes and shardings of one training batch (what `put_batch` makes), for compiling
         ahead of time without data."""
         rows = np.zeros((self.config.train.batch_size, self.seq_len + 1), np.int32)
+        data = self.config.data
+        if data.document_masks:  # packed windows are dicts (data/pipeline.py PackedWindows)
+            keys = ("tokens", "segments") + (("positions",) if data.reset_positions else ())
+            rows = {key: rows for key in keys}
 
         def spec(x):
             return jax.ShapeDtypeStruct((self.grad_accum, x.shape[0] // self.grad_accum,
