@@ -18,8 +18,8 @@ def perplexity_at(run_dir: str | Path, files: list[str], length: int, batch_size
     """The validation perplexity of run_dir's latest checkpoint on `files`, read in windows of
     `length` tokens (its RoPE positions run to length - 1)."""
     from foundations.data.pipeline import expand_files, tokenize_files
-    from foundations.train.evaluate import evaluate
     from foundations.train.loop import load_run
+    from foundations.train.score import score_text
     saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
@@ -31,16 +31,15 @@ def perplexity_at(run_dir: str | Path, files: list[str], length: int, batch_size
     config, tokenizer, trainer, state = load_run(
         run_dir, [*overrides, f"data.seq_len={length}", f"model.max_seq_len={longest}"])
     tokens, n_bytes = tokenize_files(expand_files(files), tokenizer)
-    windows = (len(tokens) - 1) // length
-    if windows == 0:
-        raise ConfigError(f"{', '.join(files)}: {len(tokens)} tokens, fewer than one window of "
-                          f"{length + 1}")
-    result = evaluate(trainer, state["params"], tokens, n_bytes / len(tokens),
-                      min(batch_size, windows), max_batches)
-    if "val_ppl" not in result:
+    try:   # windows side by side, as `foundations eval` scores a text
+        result = score_text(trainer, state["params"], tokens, n_bytes / len(tokens),
+                            batch_size, length, max_batches)
+    except ConfigError as e:
+        raise ConfigError(f"{', '.join(files)}: {e}") from None
+    if "ppl" not in result:
         raise ConfigError(f"{run_dir}: objective.kind={config.objective.kind} reports no "
                           "perplexity")
-    return result["val_ppl"]
+    return result["ppl"]
 
 
 def perplexity_table(run_dirs: list[str], files: list[str], lengths: list[int],
