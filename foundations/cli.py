@@ -164,6 +164,8 @@ def _add_optional_commands(commands) -> None:
     from foundations.convert.cli import add_convert_parser
     from foundations.data.prepare import add_prepare_parser
     from foundations.post.cli import add_post_parser
+    from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
+                                           add_rag_parser)
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -173,6 +175,9 @@ def _add_optional_commands(commands) -> None:
     add_plot_parser(commands)
     add_compile_parser(commands)
     add_convert_parser(commands)
+    add_rag_parser(commands)
+    add_context_parser(commands)
+    add_addition_parsers(commands)
     add_prepare_parser(commands)
     add_post_parser(commands)
 

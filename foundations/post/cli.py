@@ -1,5 +1,5 @@
 """`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`; `merge` (LoRA into the base
-weights), `answers` (exact-match accuracy) and `addition-data` (the synthetic task's JSONL)."""
+weights), `answers` (exact-match accuracy) and `addition-pairs` (the synthetic task's JSONL)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def add_post_parser(commands) -> None:
                                          "an existing one is resumed")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_stage)
-    p = commands.add_parser("addition-data", help="write the synthetic addition task's "
+    p = commands.add_parser("addition-pairs", help="write the synthetic addition task's "
                                                   "sft.jsonl and pairs.jsonl")
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=2000)

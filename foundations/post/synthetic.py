@@ -1,4 +1,4 @@
-"""A task the project makes itself, with a checkable answer: multi-digit addition.
+"""The addition task (prompting/tasks.py) as post-training data: SFT examples and preference pairs.
 
 SFT examples {"prompt": "12+35=", "response": "47"}; preference pairs prefer the right sum over
 a near miss (one digit off), so a model must read the numbers to tell them apart.
@@ -11,11 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def addition_problems(count: int, digits: int, seed: int) -> list[tuple[int, int]]:
-    rng = np.random.default_rng(seed)
-    high = 10 ** digits
-    return [(int(a), int(b)) for a, b in rng.integers(0, high, size=(count, 2))]
+from foundations.prompting.tasks import addition_examples
 
 
 def near_miss(answer: int, rng: np.random.Generator) -> int:
@@ -34,11 +30,10 @@ def write_addition(out_dir: str | Path, count: int = 2000, digits: int = 2,
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 1])
     sft, pairs = [], []
-    for a, b in addition_problems(count, digits, seed):
-        prompt = f"{a}+{b}="
-        sft.append({"prompt": prompt, "response": str(a + b)})
-        pairs.append({"prompt": prompt, "chosen": str(a + b),
-                      "rejected": str(near_miss(a + b, rng))})
+    for example in addition_examples(count, digits, seed):
+        sft.append({"prompt": example.question, "response": example.answer})
+        pairs.append({"prompt": example.question, "chosen": example.answer,
+                      "rejected": str(near_miss(int(example.answer), rng))})
     paths = {"sft": out / "sft.jsonl", "pairs": out / "pairs.jsonl"}
     for name, rows in (("sft", sft), ("pairs", pairs)):
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
