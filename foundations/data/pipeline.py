@@ -15,55 +15,8 @@ import grain
 import numpy as np
 
 from foundations.config import ConfigError, DataConfig
+from foundations.data.files import BUNDLED_CORPORA, expand_files, read_text, resolve_path  # noqa: F401
 from foundations.tokenizers import Tokenizer, load_tokenizer
-
-BUNDLED_CORPORA = Path(__file__).parent / "corpora"
-
-
-def resolve_path(name: str) -> Path:
-    """A path as given (absolute or relative to the working directory), else a bundled corpus."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    bundled = BUNDLED_CORPORA / name
-    if bundled.exists():
-        return bundled
-    raise ConfigError(f"data file {name!r} not found (looked in {Path.cwd()} and in the bundled "
-                      f"corpora {BUNDLED_CORPORA})")
-
-
-def expand_files(names: list[str]) -> list[Path]:
-    """Files as given; a directory stands for its *.txt files, in sorted order."""
-    files = []
-    for name in names:
-        path = resolve_path(name)
-        if path.is_dir():
-            found = sorted(path.rglob("*.txt"))
-            if not found:
-                raise ConfigError(f"data directory {path} holds no *.txt files")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
-
-
-def read_text(path: Path, fallback_encoding: str = "",
-              setting: str = "data.fallback_encoding") -> str:
-    """Reads a UTF-8 text file. A file that is not UTF-8 is refused with the offending byte
-    offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured
-    (by `setting`, which the error names)."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if fallback_encoding:
-            try:
-                return data.decode(fallback_encoding)
-            except (UnicodeDecodeError, LookupError) as e2:
-                raise ConfigError(f"{path} is neither UTF-8 nor {fallback_encoding}: {e2}") from None
-        raise ConfigError(f"{path} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r}"
-                          f"); convert it (iconv -t utf-8) or set {setting}") from None
-
 
 def tokenize_files(files: list[Path], tokenizer: Tokenizer,
                    fallback_encoding: str = "") -> tuple[np.ndarray, int]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from foundations.config import ConfigError
 from foundations.data.encode import encode_task, start_worker
-from foundations.data.pipeline import read_text, resolve_path
+from foundations.data.files import read_text, resolve_path
 from foundations.tokenizers import load_tokenizer
 
 MANIFEST = "manifest.json"
