@@ -4,7 +4,7 @@ plain model it races has exactly the project's parameters (no timing is asserted
 import json
 
 from foundations.cli import main
-from tests.conftest import TINY
+from conftest import TINY
 
 
 def test_bench_reports_project_and_plain(capsys):

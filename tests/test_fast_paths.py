@@ -12,7 +12,7 @@ from foundations.config import ConfigError, load_config
 from foundations.objectives.losses import chunked_cross_entropy
 from foundations.parallel.mesh import make_mesh
 from foundations.train.trainer import Trainer
-from tests.conftest import TINY
+from conftest import TINY
 
 
 def test_chunked_cross_entropy_equals_optax_on_whole_logits():

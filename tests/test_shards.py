@@ -16,7 +16,7 @@ from foundations.data.pipeline import PackedWindows, load_text_data, train_itera
 from foundations.data.prepare import PrepareOptions, prepare
 from foundations.data.shards import ShardTokens
 from foundations.models.decoder import Decoder
-from tests.conftest import TINY
+from conftest import TINY
 
 SEQ = 32
 
