@@ -25,15 +25,16 @@ def resolve_path(name: str) -> Path:
                       f"corpora {BUNDLED_CORPORA})")
 
 
-def expand_files(names: list[str]) -> list[Path]:
-    """Files as given; a directory stands for its *.txt files, in sorted order."""
+def expand_files(names: list[str], suffixes: tuple[str, ...] = (".txt",)) -> list[Path]:
+    """Files as given; a directory stands for its files with these suffixes, in sorted order."""
     files = []
     for name in names:
         path = resolve_path(name)
         if path.is_dir():
-            found = sorted(path.rglob("*.txt"))
+            found = sorted(p for p in path.rglob("*") if p.suffix in suffixes)
             if not found:
-                raise ConfigError(f"data directory {path} holds no *.txt files")
+                kinds = " or ".join(f"*{s}" for s in suffixes)
+                raise ConfigError(f"data directory {path} holds no {kinds} files")
             files.extend(found)
         else:
             files.append(path)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from foundations.config import ConfigError
 from foundations.data.encode import encode_task, start_worker
-from foundations.data.files import read_text, resolve_path
+from foundations.data.files import expand_files, read_text
 from foundations.tokenizers import load_tokenizer
 
 MANIFEST = "manifest.json"
@@ -56,21 +56,6 @@ class PrepareOptions:
 
 
 # ------------------------------------------------------------------ inputs and documents
-
-def input_files(names: list[str]) -> list[Path]:
-    """Files as given; a directory stands for its *.txt and *.jsonl files, in sorted order."""
-    files = []
-    for name in names:
-        path = resolve_path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
-            if not found:
-                raise ConfigError(f"input directory {path} holds no *.txt or *.jsonl files")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
-
 
 def documents(path: Path, options: PrepareOptions) -> list[str]:
     """The documents of one file: JSONL records' `text_key`, pieces between separators, or the
@@ -285,7 +270,7 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions,
     """Tokenizes `inputs` into shards under `out`; returns the manifest (the existing one when
     the inputs, tokenizer and settings are unchanged)."""
     out = Path(out)
-    files = input_files(inputs)
+    files = expand_files(inputs, TEXT_SUFFIXES)
     try:
         tokenizer = load_tokenizer(options.tokenizer)
     except (ValueError, OSError) as e:

@@ -46,12 +46,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, peft_dir: str | Path | N
     tokenizer = configured_tokenizer(config.data.tokenizer)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     post = PostTrainer(config, mesh, tokenizer, NoTask(), log=lambda _: None)
-    manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
-    step = manager.latest_step()
-    if step is None:
-        raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint")
-    state = checkpoint.restore(manager, step, post.abstract_state)
-    manager.close()
+    state = checkpoint.restore_latest(run_dir, config.checkpoint, post.abstract_state)
     merged = post.merged(state["params"])
     if peft_dir is not None:
         export_peft(config, state["params"]["lora"], post.lora_targets, peft_dir)
@@ -63,7 +58,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, peft_dir: str | Path | N
     keep_tokenizer(plain, out_dir)
     fresh = trainer.init_state()
     manager = checkpoint.checkpoint_manager(out_dir, plain.checkpoint)
-    checkpoint.save(manager, step, {**fresh, "params": merged})
+    checkpoint.save(manager, int(jax.device_get(state["step"])), {**fresh, "params": merged})
     manager.wait_until_finished()
     manager.close()
     return out_dir

@@ -22,7 +22,7 @@ from pathlib import Path
 import grain
 import orbax.checkpoint as ocp
 
-from foundations.config import CheckpointConfig, CheckpointError
+from foundations.config import CheckpointConfig, CheckpointError, ConfigError
 
 
 def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointManager:
@@ -52,6 +52,18 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     manager.save(step, args=ocp.args.Composite(**items))
+
+
+def restore_latest(run_dir: str | Path, cfg: CheckpointConfig, abstract_state):
+    """The run's newest checkpoint on the shardings in `abstract_state`; a one-line error if
+    it has none."""
+    manager = checkpoint_manager(run_dir, cfg)
+    step = manager.latest_step()
+    if step is None:
+        raise ConfigError(f"{Path(run_dir) / 'checkpoints'} holds no checkpoint")
+    state = restore(manager, step, abstract_state)
+    manager.close()
+    return state
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):

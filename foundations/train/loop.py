@@ -250,10 +250,5 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool
         config = replace(config, {f"mesh.{axis}": 1 for axis in
                                   ("data", "fsdp", "tensor", "stage", "expert", "microbatches")})
     trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, devices))
-    manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
-    step = manager.latest_step()
-    if step is None:
-        raise ConfigError(f"{run_dir / 'checkpoints'} holds no checkpoint")
-    state = checkpoint.restore(manager, step, trainer.abstract_state)
-    manager.close()
+    state = checkpoint.restore_latest(run_dir, config.checkpoint, trainer.abstract_state)
     return config, tokenizer, trainer, state
