@@ -3,8 +3,9 @@ plain model it races has exactly the project's parameters (no timing is asserted
 
 import json
 
-from foundations.cli import main
 from conftest import TINY
+
+from foundations.cli import main
 
 
 def test_bench_reports_project_and_plain(capsys):
@@ -20,7 +21,8 @@ def test_bench_reports_project_and_plain(capsys):
     for timed in (report, report["plain"]):
         assert timed["tokens_per_sec"] > 0 and timed["step_ms_p10"] <= timed["step_ms_p90"]
         assert timed["compile_s"] > 0 and timed["peak_memory_bytes"] > 0
-    assert report["ratio"] > 0 and report["mfu"] is None  # CPU: no datasheet peak
+    assert report["ratio"] == report["tokens_per_sec"] / report["plain"]["tokens_per_sec"]
+    assert report["mfu"] is None  # CPU: no datasheet peak
 
 
 def test_bench_without_plain_reference(capsys):
