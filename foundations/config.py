@@ -197,11 +197,19 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Linear warmup, then cosine | linear | constant | wsd (warmup-stable-decay)."""
     kind: ScheduleKind = knob("cosine", "shape of the learning rate after warmup")
-    warmup_steps: int = knob(100, "linear warmup from 0 to the peak (at most train.steps)",
-                             ">= 0")
+    warmup_steps: float = knob(0.05, "linear warmup from 0 to the peak: a whole number of steps "
+                               "(at most train.steps), or a fraction of the run if below 1",
+                               ">= 0")
     min_lr_ratio: float = knob(0.1, "final learning rate as a fraction of the peak", "[0, 1]")
     decay_fraction: float = knob(0.2, "wsd: the share of steps spent in the final decay",
                                  "(0, 1]")
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of `total_steps`: a fraction below 1 (Levanter's convention)
+        scales with the run, a whole number is taken as it is."""
+        if self.warmup_steps < 1:
+            return int(round(self.warmup_steps * total_steps))
+        return int(self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -560,9 +568,13 @@ def validate(config: Config) -> None:
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by "
                           f"train.grad_accum={t.grad_accum}")
-    if config.schedule.warmup_steps > t.steps:
-        raise ConfigError(f"schedule.warmup_steps={config.schedule.warmup_steps} exceeds "
-                          f"train.steps={t.steps}")
+    warmup = config.schedule.warmup_steps
+    if warmup >= 1 and not float(warmup).is_integer():
+        raise ConfigError(f"schedule.warmup_steps={warmup} must be a whole number of steps or a "
+                          f"fraction of the run below 1")
+    if warmup >= 1 and warmup > t.steps:
+        raise ConfigError(f"schedule.warmup_steps={int(warmup)} exceeds train.steps={t.steps} "
+                          f"(or give a fraction of the run, e.g. 0.05)")
     if t.init_step is not None and not t.init_from:
         raise ConfigError("train.init_step is set but train.init_from (a run directory) is not")
     if not data.val_files and data.val_fraction == 0.0 and not (data.shards or data.mixture):

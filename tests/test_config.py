@@ -91,6 +91,7 @@ def test_mesh_larger_than_the_machine_is_refused(tiny_config):
     ("mesh.data=0", "mesh.data=0 must be -1 or > 0"),
     ("train.batch_size=0", "train.batch_size=0 must be > 0"),
     ("schedule.warmup_steps=7", "schedule.warmup_steps=7 exceeds train.steps=6"),
+    ("schedule.warmup_steps=2.5", "schedule.warmup_steps=2.5 must be a whole number of steps"),
     ("model.moe.experts_per_token=3", "model.moe.experts_per_token=3 exceeds"),
     ("model.positions.kind=rotary", "model.positions.kind: 'rotary' is not one of learned, "
                                     "sinusoidal, rope, alibi, t5_bias, none"),

@@ -2,6 +2,7 @@
 test_optim.py; parameter and FLOP counts: test_flops.py)."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +89,19 @@ def test_schedules(kind, checks):
     schedule = learning_rate_schedule(opt, sched, total_steps=110)
     for step, lr in checks.items():
         assert float(schedule(step)) == pytest.approx(lr, abs=1e-3), (kind, step)
+
+
+def test_warmup_below_one_is_a_fraction_of_the_run():
+    opt = OptimizerConfig(lr=1.0)
+    as_fraction = learning_rate_schedule(opt, ScheduleConfig(warmup_steps=0.25), total_steps=40)
+    as_steps = learning_rate_schedule(opt, ScheduleConfig(warmup_steps=10), total_steps=40)
+    for step in (0, 5, 10, 20, 39):
+        assert float(as_fraction(step)) == pytest.approx(float(as_steps(step)))
+    assert float(as_fraction(5)) == pytest.approx(0.5)
+
+
+def test_the_smoke_recipe_runs_at_twenty_steps():
+    """The first thing a new user tries: a fractional warmup scales with train.steps."""
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    config = load_config(smoke, ["train.steps=20"])
+    assert config.schedule.warmup_for(config.train.steps) == 2

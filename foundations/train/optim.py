@@ -25,7 +25,7 @@ TABLE_AXES = ("vocab", "position", "segment")
 def learning_rate_schedule(opt: OptimizerConfig, sched: ScheduleConfig, total_steps: int):
     """Linear warmup to opt.lr, then cosine / linear / constant / warmup-stable-decay."""
     peak, floor = opt.lr, opt.lr * sched.min_lr_ratio
-    warmup = min(sched.warmup_steps, total_steps)
+    warmup = min(sched.warmup_for(total_steps), total_steps)
     rest = max(total_steps - warmup, 1)
     warm = optax.linear_schedule(0.0, peak, warmup) if warmup else optax.constant_schedule(peak)
     if sched.kind == "cosine":
