@@ -14,6 +14,8 @@ import pytest
 
 from foundations.cli import main
 
+pytestmark = pytest.mark.slow  # real processes / the end-to-end command
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -32,6 +32,7 @@ def test_scripts_pass_shellcheck(script):
     assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.slow
 def test_multihost_local_dry_run():
     lines = dry_run("multihost_local.sh", "--dry-run", "3", "c.yaml", "train.steps=5",
                     "--run-dir", "runs/x", env={"DEVICES": "2", "PORT": "4321"})
@@ -42,6 +43,7 @@ def test_multihost_local_dry_run():
         for i in range(3)]
 
 
+@pytest.mark.slow
 def test_tpu_vm_dry_run_creates_copies_installs_and_runs_on_all_workers():
     lines = dry_run("tpu_vm.sh", "--dry-run", "--name", "pod", "--zone", "us-east5-a", "--type",
                     "v5p-32", "--delete-after", "experiments/smoke.yaml", "mesh.fsdp=-1")
@@ -130,6 +132,7 @@ def test_compile_builds_the_objectives_batch(tiny_config):
     assert report["parameters"] == param_counts(model, config.objective).total
 
 
+@pytest.mark.slow
 def test_compile_command_sets_up_its_own_simulated_devices(tmp_path):
     """The README's `foundations compile CONFIG --topology cpu-N`, with no XLA_FLAGS: the command
     must set the device count before anything imports JAX."""

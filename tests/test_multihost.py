@@ -24,6 +24,8 @@ from foundations.parallel.mesh import MESH_AXES, feeds_own_rows, make_mesh
 from foundations.train.loop import train
 from foundations.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # real processes / the end-to-end command
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "multihost_local.sh"
 

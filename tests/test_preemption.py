@@ -99,6 +99,7 @@ def reference(tmp_path_factory, corpus):
     return config, losses(run_dir)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_exits_0_and_the_rerun_resumes_exactly(reference, tmp_path):
     config, straight = reference
     run_dir, log = tmp_path / "run", tmp_path / "first.log"
@@ -122,6 +123,7 @@ def test_sigterm_checkpoints_the_step_exits_0_and_the_rerun_resumes_exactly(refe
     assert losses(run_dir) == straight
 
 
+@pytest.mark.slow
 def test_kill_9_during_an_async_save_resumes_from_the_last_complete_checkpoint(
         reference, corpus, tmp_path):
     _, straight = reference
@@ -154,6 +156,7 @@ def test_kill_9_during_an_async_save_resumes_from_the_last_complete_checkpoint(
     assert kept == sorted(half_written)  # set aside, not deleted
 
 
+@pytest.mark.slow
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(corpus, tmp_path):
     config = write_config(tmp_path / "two.yaml", corpus, mesh={"data": 4, "fsdp": 2})
     run_dir, log = tmp_path / "run", tmp_path / "launch.log"
