@@ -147,7 +147,7 @@ def format_report(r: dict) -> str:
         f"{r['argument_bytes'] / gib:.2f}, outputs {r['output_bytes'] / gib:.2f}, aliased "
         f"{r['alias_bytes'] / gib:.2f}, temporaries {r['temp_bytes'] / gib:.2f})",
         f"FLOPs per step: {r['model_flops_per_step']:.3e} model FLOPs in total (this family's "
-        f"count, models/flops.py); XLA's count {r['flops_per_device']:.3e} per device sees a "
+        f"count, foundations/flops.py); XLA's count {r['flops_per_device']:.3e} per device sees a "
         "scanned layer once",
     ]
     if "fits" in r:

@@ -11,7 +11,7 @@ from foundations.config import ConfigError, MeshConfig, load_config
 from foundations.data.pipeline import load_text_data
 from foundations.models.encoder import Encoder, mean_pool
 from foundations.models.families import build_model
-from foundations.models.flops import param_counts
+from foundations.flops import param_counts
 from foundations.parallel.mesh import make_mesh
 from foundations.train.loop import build
 

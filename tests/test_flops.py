@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts of every family (foundations/models/flops.py): parameters against a
+"""Parameter and FLOP counts of every family (foundations/flops.py): parameters against a
 real init, FLOPs against hand counts and against XLA's count of the compiled forward + backward."""
 
 import functools
@@ -11,7 +11,7 @@ import pytest
 from foundations.config import Config, ModelConfig, ObjectiveConfig, load_config
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.families import build_model
-from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.flops import param_counts, train_flops_per_token
 from foundations.models.moe import expert_capacity
 from foundations.parallel.mesh import make_mesh
 from foundations.train.loop import make_trainer

@@ -121,7 +121,7 @@ def test_compile_builds_the_objectives_batch(tiny_config):
     """T5's batch is a dict of inputs and targets, not token windows; compile lays it out as the
     trainer's put_batch does and reports T5's own FLOP count."""
     from foundations.compile import compile_train_step, parse_topology
-    from foundations.models.flops import param_counts, train_flops_per_token
+    from foundations.flops import param_counts, train_flops_per_token
     config = tiny_config("model.family=encdec", "objective.kind=span", "model.num_layers=1",
                          "model.positions.kind=t5_bias", "model.vocab_size=320")
     report = compile_train_step(config, parse_topology("cpu-1"))

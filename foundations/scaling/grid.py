@@ -4,7 +4,7 @@ Sizes grow depth and width together (d_model = aspect_ratio * num_layers, heads 
 one number, the depth, names a size. For each FLOP budget C, every size whose token budget
 D = C / (training FLOPs per token) gives between min_steps and max_steps optimizer steps is
 trained: the IsoFLOP design of Hoffmann et al. (2022), Approach 2. The FLOPs per token are the
-family's exact count (models/flops.py: every matmul, the output head and attention scores), so
+family's exact count (foundations/flops.py: every matmul, the output head and attention scores), so
 the runs of one budget really spend the same compute; each run records that count as n_compute =
 FLOPs per token / 6 (C = 6·n_compute·D, the N the fits use) beside its non-embedding n_params.
 Learning rate follows width: lr = lr_base * (lr_width / d).
@@ -21,7 +21,7 @@ import yaml
 
 from foundations.config import (Config, ConfigError, build_section, config_from_tree, knob,
                                 parse_override, set_path)
-from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.flops import param_counts, train_flops_per_token
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RunSpec:
     n_compute: float               # training FLOPs per token / 6
     tokens: int
     flops_6nd: float
-    flops: float                   # exact: train_flops_per_token (models/flops.py) · D
+    flops: float                   # exact: train_flops_per_token (foundations/flops.py) · D
 
 
 def load_grid(path: str | Path, overrides: list[str] = ()) -> tuple[dict, GridConfig]:

@@ -1,18 +1,16 @@
 """`foundations bench`: times the real train step against a plain Flax step of the same shape.
 
 The project's step is the one `foundations train` runs (config -> Trainer -> objective -> Optax,
-sharded and jitted), fed synthetic tokens. The reference is `benchmarks/plain_gpt.py`, a GPT-2 as
+sharded and jitted), fed synthetic tokens. The reference is `train/plain_gpt.py`, a GPT-2 as
 a user would write it without the project; both run in this process in interleaved rounds, so a
 busy machine slows both alike and the ratio stays meaningful.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,11 +18,9 @@ import numpy as np
 from foundations.config import Config
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.layers import DTYPES
+from foundations.train import plain_gpt
 from foundations.train.loop import make_trainer
 from foundations.train.metrics import peak_flops_per_device
-
-PLAIN_GPT = Path(__file__).resolve().parents[2] / "benchmarks" / "plain_gpt.py"
-
 
 def memory_bytes(compiled) -> int:
     """Peak device memory of a compiled step from XLA's memory analysis (the sum of its
@@ -51,13 +47,6 @@ def project_step(config: Config, rows: np.ndarray):
     return trainer, compiled, compile_s, run
 
 
-def plain_gpt_module():
-    spec = importlib.util.spec_from_file_location("plain_gpt", PLAIN_GPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def plain_reference(config: Config):
     """(compiled plain step, compile seconds, run(), parameter count) at the config's shape, or
     None when the config is not a GPT-2 (tied, learned positions, LayerNorm, GELU, causal LM)
@@ -67,7 +56,7 @@ def plain_reference(config: Config):
             "decoder", "clm", "layernorm", "gelu", "learned") or not m.tie_embeddings \
             or m.moe.num_experts or m.num_kv_heads != m.num_heads:
         return None
-    step, params, opt_state, tokens = plain_gpt_module().plain_step(
+    step, params, opt_state, tokens = plain_gpt.plain_step(
         m.num_layers, m.d_model, m.num_heads, m.d_ff, m.vocab_size, config.train.batch_size,
         config.data.seq_len, DTYPES[m.dtype], config.optimizer.lr,
         config.optimizer.weight_decay, config.optimizer.clip_norm, config.train.seed)

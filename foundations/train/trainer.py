@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from foundations.config import Config, ConfigError
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.families import build_model
-from foundations.models.flops import param_counts, train_flops_per_token
+from foundations.flops import param_counts, train_flops_per_token
 from foundations.objectives import make_objective
 from foundations.objectives.base import EVAL
 from foundations.parallel.gpipe import Pipeline, check_pipeline

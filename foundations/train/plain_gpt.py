@@ -1,5 +1,5 @@
 """The reference `foundations bench` races: a GPT-2 training step as a user would write it in plain
-Flax and Optax (no project code), for any shape. Run alone: `python benchmarks/plain_gpt.py`."""
+Flax and Optax (no project code), for any shape. Run alone: `python -m foundations.train.plain_gpt`."""
 
 import time
 from functools import partial
