@@ -33,9 +33,11 @@ def batches(cfg, steps=3):
 
 
 def assert_trees_close(a, b, atol):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    """Leaf by leaf, matched by path (tree_map_with_path raises if the two trees differ)."""
+    jax.tree_util.tree_map_with_path(
+        lambda path, x, y: np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4, err_msg=jax.tree_util.keystr(path)),
+        a, b)
 
 
 @pytest.mark.parametrize("extra", [[], LLAMA_LIKE], ids=["gpt2", "llama_gqa"])
