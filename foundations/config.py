@@ -49,6 +49,7 @@ Remat = Literal["none", "full", "dots"]
 MoeDispatch = Literal["dense", "grouped"]
 ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
+Newlines = Literal["keep", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ class DataConfig:
     seq_len: int = knob(256, "tokens per training window", "> 0")
     shuffle_seed: int = knob(0, "seed of the window order")
     fallback_encoding: str = knob("", "e.g. latin-1: for files that are not UTF-8 ('': refuse)")
+    newlines: Newlines = knob("normalize", "normalize: read \\r\\n and lone \\r as \\n; keep: the "
+                              "file's line endings as they are")
     shards: str = knob("", "a directory made by `foundations prepare`: train and validate on its "
                        "shards (train_files, val_files and val_fraction are then ignored)")
     mixture: tuple[MixtureSource, ...] = knob((), "prepared datasets mixed by weight, e.g. "

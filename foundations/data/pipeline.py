@@ -18,13 +18,13 @@ from foundations.config import ConfigError, DataConfig
 from foundations.data.files import BUNDLED_CORPORA, expand_files, read_text, resolve_path  # noqa: F401
 from foundations.tokenizers import Tokenizer, load_tokenizer
 
-def tokenize_files(files: list[Path], tokenizer: Tokenizer,
-                   fallback_encoding: str = "") -> tuple[np.ndarray, int]:
+def tokenize_files(files: list[Path], tokenizer: Tokenizer, fallback_encoding: str = "",
+                   newlines: str = "normalize") -> tuple[np.ndarray, int]:
     """All files' tokens, one end-of-text id after each file; also the count of UTF-8 bytes."""
     eos = getattr(tokenizer, "eos_id", None)
     pieces, n_bytes = [], 0
     for path in files:
-        text = read_text(path, fallback_encoding)
+        text = read_text(path, fallback_encoding, newlines=newlines)
         n_bytes += len(text.encode("utf-8"))
         pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int32))
         if eos is not None:
@@ -88,9 +88,11 @@ def load_text_data(cfg: DataConfig) -> TextData:
         return load_shard_data(cfg)
     tokenizer = configured_tokenizer(cfg.tokenizer)
     fallback = cfg.fallback_encoding
-    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback)
+    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback,
+                                        cfg.newlines)
     if cfg.val_files:
-        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback)
+        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback,
+                                        cfg.newlines)
         bytes_per_token = val_bytes / len(val)
     else:
         bytes_per_token = train_bytes / len(train)
