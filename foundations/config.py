@@ -225,7 +225,12 @@ class TrainConfig:
     seed: int = knob(0, "seed of initialisation, dropout and objective masks")
     log_every: int = knob(10, "log metrics every N steps", "> 0")
     eval_every: int = knob(200, "evaluate every N steps; 0: only at the end", ">= 0")
-    eval_batches: int = knob(16, "validation batches per evaluation; 0: the whole split", ">= 0")
+    eval_batches: int = knob(16, "post-training stages: validation batches per evaluation; 0: "
+                             "the whole split (pretraining: see eval_windows)", ">= 0")
+    eval_windows: int = knob(256, "pretraining: validation windows per evaluation, spread evenly "
+                             "over the split and the same whatever batch_size; 0: the whole "
+                             "split (a config that sets only eval_batches gets eval_batches x "
+                             "batch_size, its old meaning)", ">= 0")
     sample_prompt: str = knob("ROMEO:", "prompt of the sample printed at the end")
     sample_tokens: int = knob(200, "tokens sampled at the end (decoders); 0: none", ">= 0")
     sample_temperature: float = knob(0.8, "temperature of that sample; 0: greedy", ">= 0")
@@ -510,9 +515,21 @@ def read_tree(path: str | Path) -> dict:
     return migrate(tree)
 
 
+def migrate_eval_windows(tree: dict) -> dict:
+    """train.eval_batches once also sized pretraining's validation (eval_batches x batch_size
+    windows): a tree that sets it but not train.eval_windows keeps that meaning. Applied once the
+    overrides are in (not by read_tree), so that an override of either key still counts."""
+    train = tree.get("train")
+    if isinstance(train, dict) and "eval_batches" in train and "eval_windows" not in train:
+        batches, batch_size = train["eval_batches"], train.get("batch_size", 16)
+        if isinstance(batches, int) and isinstance(batch_size, int):
+            train["eval_windows"] = batches * batch_size
+    return tree
+
+
 def config_from_tree(tree: dict) -> Config:
     """The checked, resolved, frozen Config of a mapping of sections."""
-    config = build_section(Config, migrate(copy.deepcopy(tree)), "")
+    config = build_section(Config, migrate_eval_windows(migrate(copy.deepcopy(tree))), "")
     validate(config)
     return resolve(config)
 

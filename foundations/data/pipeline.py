@@ -148,6 +148,38 @@ def stack(windows: list):
     return np.stack(windows)
 
 
+def eval_windows(tokens, seq_len: int, num_windows: int = 0, multiple: int = 1,
+                 eos_id: int | None = None, reset_positions: bool = False):
+    """The validation set: `num_windows` windows (0: all) spread evenly over the split, rounded
+    down to a multiple of `multiple` (the mesh's batch parallelism); it does not depend on the
+    batch size. Returns the windows and the chosen indices."""
+    windows = PackedWindows(tokens, seq_len, eos_id, reset_positions)
+    total = len(windows)
+    count = min(num_windows, total) if num_windows else total
+    count -= count % multiple
+    if count == 0:
+        raise ConfigError(f"validation data holds {total} windows of {seq_len + 1} tokens, fewer "
+                          f"than the {max(multiple, 1)} the mesh's batch axes need; add "
+                          "validation text")
+    if count == total:
+        return windows, np.arange(total)
+    return windows, np.linspace(0, total - 1, count).round().astype(int)
+
+
+def eval_window_batches(tokens, seq_len: int, global_batch: int, num_windows: int = 0,
+                        process_index: int = 0, process_count: int = 1, multiple: int = 1,
+                        eos_id: int | None = None, reset_positions: bool = False):
+    """The windows of `eval_windows`, in batches of `global_batch` (the last one may be smaller,
+    a multiple of `multiple`), as (this process's rows, the batch's global row count)."""
+    windows, chosen = eval_windows(tokens, seq_len, num_windows, multiple, eos_id,
+                                   reset_positions)
+    for start in range(0, len(chosen), global_batch):
+        batch = chosen[start:start + global_batch]
+        rows = len(batch) // process_count
+        mine = batch[process_index * rows:(process_index + 1) * rows]
+        yield stack([windows[int(i)] for i in mine]), len(batch)
+
+
 def eval_batches(tokens, seq_len: int, global_batch: int, max_batches: int = 0,
                  process_index: int = 0, process_count: int = 1, eos_id: int | None = None,
                  reset_positions: bool = False):
