@@ -49,6 +49,7 @@ Remat = Literal["none", "full", "dots"]
 MoeDispatch = Literal["dense", "grouped"]
 ObjectiveKind = Literal["clm", "prefix_lm", "mlm", "span", "electra"]
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
+Newlines = Literal["keep", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ class DataConfig:
     seq_len: int = knob(256, "tokens per training window", "> 0")
     shuffle_seed: int = knob(0, "seed of the window order")
     fallback_encoding: str = knob("", "e.g. latin-1: for files that are not UTF-8 ('': refuse)")
+    newlines: Newlines = knob("normalize", "normalize: read \\r\\n and lone \\r as \\n; keep: the "
+                              "file's line endings as they are")
     shards: str = knob("", "a directory made by `foundations prepare`: train and validate on its "
                        "shards (train_files, val_files and val_fraction are then ignored)")
     mixture: tuple[MixtureSource, ...] = knob((), "prepared datasets mixed by weight, e.g. "
@@ -230,7 +233,12 @@ class TrainConfig:
     seed: int = knob(0, "seed of initialisation, dropout and objective masks")
     log_every: int = knob(10, "log metrics every N steps", "> 0")
     eval_every: int = knob(200, "evaluate every N steps; 0: only at the end", ">= 0")
-    eval_batches: int = knob(16, "validation batches per evaluation; 0: the whole split", ">= 0")
+    eval_batches: int = knob(16, "post-training stages: validation batches per evaluation; 0: "
+                             "the whole split (pretraining: see eval_windows)", ">= 0")
+    eval_windows: int = knob(256, "pretraining: validation windows per evaluation, spread evenly "
+                             "over the split and the same whatever batch_size; 0: the whole "
+                             "split (a config that sets only eval_batches gets eval_batches x "
+                             "batch_size, its old meaning)", ">= 0")
     sample_prompt: str = knob("ROMEO:", "prompt of the sample printed at the end")
     sample_tokens: int = knob(200, "tokens sampled at the end (decoders); 0: none", ">= 0")
     sample_temperature: float = knob(0.8, "temperature of that sample; 0: greedy", ">= 0")
@@ -515,9 +523,21 @@ def read_tree(path: str | Path) -> dict:
     return migrate(tree)
 
 
+def migrate_eval_windows(tree: dict) -> dict:
+    """train.eval_batches once also sized pretraining's validation (eval_batches x batch_size
+    windows): a tree that sets it but not train.eval_windows keeps that meaning. Applied once the
+    overrides are in (not by read_tree), so that an override of either key still counts."""
+    train = tree.get("train")
+    if isinstance(train, dict) and "eval_batches" in train and "eval_windows" not in train:
+        batches, batch_size = train["eval_batches"], train.get("batch_size", 16)
+        if isinstance(batches, int) and isinstance(batch_size, int):
+            train["eval_windows"] = batches * batch_size
+    return tree
+
+
 def config_from_tree(tree: dict) -> Config:
     """The checked, resolved, frozen Config of a mapping of sections."""
-    config = build_section(Config, migrate(copy.deepcopy(tree)), "")
+    config = build_section(Config, migrate_eval_windows(migrate(copy.deepcopy(tree))), "")
     validate(config)
     return resolve(config)
 

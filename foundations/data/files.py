@@ -41,12 +41,27 @@ def expand_files(names: list[str], suffixes: tuple[str, ...] = (".txt",)) -> lis
     return files
 
 
+NEWLINES = ("keep", "normalize")
+
+
+def normalize_newlines(text: str) -> str:
+    """Windows (\\r\\n) and old Mac (lone \\r) line endings as \\n."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_text(path: Path, fallback_encoding: str = "",
-              setting: str = "data.fallback_encoding") -> str:
+              setting: str = "data.fallback_encoding", newlines: str = "normalize") -> str:
     """Reads a UTF-8 text file. A file that is not UTF-8 is refused with the offending byte
     offset, unless a fallback encoding (e.g. latin-1 for older Gutenberg texts) is configured
-    (by `setting`, which the error names)."""
-    data = path.read_bytes()
+    (by `setting`, which the error names). With newlines="normalize" (data.newlines' default)
+    \\r\\n and lone \\r become \\n; "keep" returns the text as the file has it."""
+    if newlines not in NEWLINES:
+        raise ConfigError(f"newlines={newlines!r}: expected one of {', '.join(NEWLINES)}")
+    text = decode(path, path.read_bytes(), fallback_encoding, setting)
+    return normalize_newlines(text) if newlines == "normalize" else text
+
+
+def decode(path: Path, data: bytes, fallback_encoding: str, setting: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -18,13 +18,13 @@ from foundations.config import ConfigError, DataConfig
 from foundations.data.files import BUNDLED_CORPORA, expand_files, read_text, resolve_path  # noqa: F401
 from foundations.tokenizers import Tokenizer, load_tokenizer
 
-def tokenize_files(files: list[Path], tokenizer: Tokenizer,
-                   fallback_encoding: str = "") -> tuple[np.ndarray, int]:
+def tokenize_files(files: list[Path], tokenizer: Tokenizer, fallback_encoding: str = "",
+                   newlines: str = "normalize") -> tuple[np.ndarray, int]:
     """All files' tokens, one end-of-text id after each file; also the count of UTF-8 bytes."""
     eos = getattr(tokenizer, "eos_id", None)
     pieces, n_bytes = [], 0
     for path in files:
-        text = read_text(path, fallback_encoding)
+        text = read_text(path, fallback_encoding, newlines=newlines)
         n_bytes += len(text.encode("utf-8"))
         pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int32))
         if eos is not None:
@@ -88,9 +88,11 @@ def load_text_data(cfg: DataConfig) -> TextData:
         return load_shard_data(cfg)
     tokenizer = configured_tokenizer(cfg.tokenizer)
     fallback = cfg.fallback_encoding
-    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback)
+    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback,
+                                        cfg.newlines)
     if cfg.val_files:
-        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback)
+        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback,
+                                        cfg.newlines)
         bytes_per_token = val_bytes / len(val)
     else:
         bytes_per_token = train_bytes / len(train)
@@ -144,6 +146,38 @@ def stack(windows: list):
     if isinstance(windows[0], dict):
         return {key: np.stack([w[key] for w in windows]) for key in windows[0]}
     return np.stack(windows)
+
+
+def eval_windows(tokens, seq_len: int, num_windows: int = 0, multiple: int = 1,
+                 eos_id: int | None = None, reset_positions: bool = False):
+    """The validation set: `num_windows` windows (0: all) spread evenly over the split, rounded
+    down to a multiple of `multiple` (the mesh's batch parallelism); it does not depend on the
+    batch size. Returns the windows and the chosen indices."""
+    windows = PackedWindows(tokens, seq_len, eos_id, reset_positions)
+    total = len(windows)
+    count = min(num_windows, total) if num_windows else total
+    count -= count % multiple
+    if count == 0:
+        raise ConfigError(f"validation data holds {total} windows of {seq_len + 1} tokens, fewer "
+                          f"than the {max(multiple, 1)} the mesh's batch axes need; add "
+                          "validation text")
+    if count == total:
+        return windows, np.arange(total)
+    return windows, np.linspace(0, total - 1, count).round().astype(int)
+
+
+def eval_window_batches(tokens, seq_len: int, global_batch: int, num_windows: int = 0,
+                        process_index: int = 0, process_count: int = 1, multiple: int = 1,
+                        eos_id: int | None = None, reset_positions: bool = False):
+    """The windows of `eval_windows`, in batches of `global_batch` (the last one may be smaller,
+    a multiple of `multiple`), as (this process's rows, the batch's global row count)."""
+    windows, chosen = eval_windows(tokens, seq_len, num_windows, multiple, eos_id,
+                                   reset_positions)
+    for start in range(0, len(chosen), global_batch):
+        batch = chosen[start:start + global_batch]
+        rows = len(batch) // process_count
+        mine = batch[process_index * rows:(process_index + 1) * rows]
+        yield stack([windows[int(i)] for i in mine]), len(batch)
 
 
 def eval_batches(tokens, seq_len: int, global_batch: int, max_batches: int = 0,

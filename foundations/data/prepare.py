@@ -46,12 +46,14 @@ class PrepareOptions:
     fallback_encoding: str = ""
     shard_tokens: int = 1 << 26
     workers: int = 0              # 0: one per CPU core
+    newlines: str = "normalize"   # as data.newlines: "keep" or "normalize" (\r\n, \r -> \n)
 
     def settings(self) -> dict:
         """What the output depends on besides the inputs and the tokenizer's files."""
         return {"val_fraction": self.val_fraction, "text_key": self.text_key,
                 "separator": self.separator, "min_chars": self.min_chars,
                 "fallback_encoding": self.fallback_encoding, "shard_tokens": self.shard_tokens,
+                "newlines": self.newlines,
                 "record_tokens": RECORD_TOKENS}
 
 
@@ -60,7 +62,7 @@ class PrepareOptions:
 def documents(path: Path, options: PrepareOptions) -> list[str]:
     """The documents of one file: JSONL records' `text_key`, pieces between separators, or the
     whole file."""
-    text = read_text(path, options.fallback_encoding, "--fallback-encoding")
+    text = read_text(path, options.fallback_encoding, "--fallback-encoding", options.newlines)
     if path.suffix == ".jsonl":
         docs = []
         for line_number, line in enumerate(text.splitlines(), 1):
@@ -361,6 +363,9 @@ def add_prepare_parser(subparsers) -> None:
                    help="drop documents with fewer non-blank characters")
     p.add_argument("--fallback-encoding", default="",
                    help="as data.fallback_encoding: decode non-UTF-8 files so ('': refuse them)")
+    p.add_argument("--newlines", choices=("keep", "normalize"), default="normalize",
+                   help="as data.newlines: normalize reads \\r\\n and lone \\r as \\n; keep leaves "
+                        "them")
     p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=prepare_command)
@@ -374,7 +379,7 @@ def prepare_command(args) -> None:
     separator = args.separator.encode().decode("unicode_escape") if args.separator else ""
     options = PrepareOptions(args.tokenizer, args.val_fraction, args.text_key, separator,
                              args.min_chars, args.fallback_encoding, args.shard_tokens,
-                             args.workers)
+                             args.workers, args.newlines)
     before = read_manifest(Path(args.out))
     manifest = prepare(args.inputs, args.out, options, progress=not args.no_progress)
     if before is not None:

@@ -11,19 +11,28 @@ import math
 import jax
 import numpy as np
 
-from foundations.data.pipeline import document_eos, eval_batches
+from foundations.data.pipeline import document_eos, eval_window_batches
+from foundations.parallel.mesh import batch_parallelism
 
 
 def evaluate(trainer, params, tokens: np.ndarray, bytes_per_token: float, batch_size: int,
-             max_batches: int = 0) -> dict:
-    """Mean loss over the validation windows (the first `max_batches` batches; 0: all), and the
-    objective's own metrics (masked-token accuracy, replaced-token detection accuracy, ...)."""
+             windows: int = 0) -> dict:
+    """Mean loss over the validation windows (`windows` of them spread evenly over the split,
+    whatever the batch size; 0: all), and the objective's own metrics (masked-token accuracy,
+    replaced-token detection accuracy, ...). Batches are weighted by their rows, so the result
+    is the mean over windows however they are batched."""
     data = trainer.config.data
     eos = document_eos(data, trainer.objective.tokenizer)
-    results = [trainer.eval_metrics(params, rows, i) for i, rows in enumerate(eval_batches(
-        tokens, trainer.seq_len, batch_size, max_batches, jax.process_index(),
-        jax.process_count(), eos, data.reset_positions))]
-    means = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+    mesh = getattr(trainer, "mesh", None)
+    multiple = (batch_parallelism(mesh) if mesh is not None else 1) \
+        * trainer.config.mesh.microbatches
+    results, weights = [], []
+    for i, (rows, count) in enumerate(eval_window_batches(
+            tokens, trainer.seq_len, batch_size, windows, jax.process_index(),
+            jax.process_count(), multiple, eos, data.reset_positions)):
+        results.append(trainer.eval_metrics(params, rows, i))
+        weights.append(count)
+    means = {k: float(np.average([r[k] for r in results], weights=weights)) for k in results[0]}
     loss = means.pop("loss")
     out = {"val_loss": loss}
     lm_loss = means.get("task_loss", loss)   # without MoE router losses

@@ -81,7 +81,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
 
         def validate(params):
             return evaluate(trainer, params, data.val_tokens, data.bytes_per_token,
-                            tc.batch_size, tc.eval_batches)
+                            tc.batch_size, tc.eval_windows)
     else:
         trainer, iterator, validate, about_data = stage.build(config, mesh)
     if jax.process_index() == 0:
