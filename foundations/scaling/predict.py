@@ -38,7 +38,7 @@ def parse_law(text: str) -> dict:
 def ladder_from_grid(sweep_file, n_column: str = "n_compute") -> list[dict]:
     """The sweep file's sizes: name, depth, width, the N the fit uses and tokens per step."""
     from foundations.config import config_from_tree
-    from foundations.models.flops import param_counts, train_flops_per_token
+    from foundations.flops import param_counts, train_flops_per_token
     from foundations.scaling.grid import load_grid, size_settings
 
     base, grid = load_grid(sweep_file)
