@@ -29,6 +29,8 @@ from foundations.models.families import build_model
 SHAPES = {
     "gpt2-124m": ["model.num_layers=12", "model.d_model=768", "model.num_heads=12",
                   "model.vocab_size=50304", "model.max_seq_len=1024", "data.seq_len=1024"],
+    "small": ["model.num_layers=4", "model.d_model=256", "model.num_heads=4",
+              "model.vocab_size=8192", "model.max_seq_len=512", "data.seq_len=512"],
     "tiny": ["model.num_layers=2", "model.d_model=64", "model.num_heads=2",
              "model.vocab_size=512", "model.max_seq_len=512", "data.seq_len=512"],
 }
@@ -56,8 +58,9 @@ def time_fused(model, variables, prompts, new_tokens):
         start = time.perf_counter()
         generate(model, variables, prompts, max_new_tokens=tokens)
         return time.perf_counter() - start
-    return (min(run(new_tokens) for _ in range(2)) - min(run(1) for _ in range(3))) / (
-        new_tokens - 1)
+    full = statistics.median(run(new_tokens) for _ in range(3))
+    first = statistics.median(run(1) for _ in range(3))
+    return (full - first) / (new_tokens - 1)
 
 
 def main() -> None:
