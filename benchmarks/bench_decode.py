@@ -6,8 +6,9 @@
 Random weights, greedy, a 16-token prompt and 256 new tokens. With the cache: the prefill and
 every one of the 256 steps are timed. Without it, each token recomputes the whole fixed window
 (prompt + 256), as the project's previous sampler did, so every step costs the same: a few steps
-are timed and give its rate. A third variant runs all the cached steps inside one jit
-(`lax.fori_loop`, greedy, the cache donated): no host round trip per token. Compilation is
+are timed and give its rate. A third variant is `generate` without `on_token`: all the cached steps
+inside one jit (`lax.while_loop`, the cache donated), no host round trip per token; its rate is
+the time for all the new tokens less that for one. Compilation is
 excluded (each variant runs once first).
 """
 
@@ -16,20 +17,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from foundations.config import load_config
-from foundations.inference.generate import (_decoder_cached, _empty_cache, cache_slots,
-                                             decoder_steps)
+from foundations.inference.generate import decoder_steps, generate
 from foundations.models.families import build_model
 
 SHAPES = {
     "gpt2-124m": ["model.num_layers=12", "model.d_model=768", "model.num_heads=12",
                   "model.vocab_size=50304", "model.max_seq_len=1024", "data.seq_len=1024"],
+    "small": ["model.num_layers=4", "model.d_model=256", "model.num_heads=4",
+              "model.vocab_size=8192", "model.max_seq_len=512", "data.seq_len=512"],
     "tiny": ["model.num_layers=2", "model.d_model=64", "model.num_heads=2",
              "model.vocab_size=512", "model.max_seq_len=512", "data.seq_len=512"],
 }
@@ -50,31 +51,16 @@ def time_steps(model, variables, prompts, new_tokens, use_cache, timed_steps):
     return elapsed / timed_steps
 
 
-@partial(jax.jit, static_argnames=("model", "steps"), donate_argnums=2)
-def _fused_steps(model, variables, cache, token, first_position, steps):
-    """`steps` greedy cached steps in one XLA loop; returns the last token column."""
-    def step(t, carry):
-        cache, token = carry
-        positions = jnp.broadcast_to(first_position + t, (token.shape[0], 1))
-        logits, updated = model.apply({**variables, "cache": cache}, token[:, None], positions,
-                                      decode="step", mutable=["cache"])
-        return updated["cache"], jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-    return jax.lax.fori_loop(0, steps, step, (cache, token))[1]
-
-
 def time_fused(model, variables, prompts, new_tokens):
-    """Seconds per token column of the steps after the first, all inside one jit."""
-    size = cache_slots(model.cfg, prompts.shape[1], new_tokens)
-    cache = _empty_cache(lambda t: model.apply(variables, t, t - 1, decode="prefill",
-                                               mutable=["cache"])[1]["cache"],
-                         jnp.zeros((len(prompts), size), jnp.int32))
-    positions = np.broadcast_to(np.arange(prompts.shape[1], dtype=np.int32), prompts.shape)
-    logits, cache = _decoder_cached(model, "prefill", variables, cache, prompts, positions)
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32).block_until_ready()
-    start = time.perf_counter()
-    _fused_steps(model, variables, cache, token, prompts.shape[1], new_tokens - 1
-                 ).block_until_ready()
-    return (time.perf_counter() - start) / (new_tokens - 1)
+    """Seconds per token column of the steps after the first, all inside one jit: `generate`
+    without on_token, for all the new tokens less for one (the prefill and the first pick)."""
+    def run(tokens):
+        start = time.perf_counter()
+        generate(model, variables, prompts, max_new_tokens=tokens)
+        return time.perf_counter() - start
+    full = statistics.median(run(new_tokens) for _ in range(3))
+    first = statistics.median(run(1) for _ in range(3))
+    return (full - first) / (new_tokens - 1)
 
 
 def main() -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from foundations.config import ConfigError, load_config
+from foundations.config import UNROLL_ALL_LAYERS, ConfigError, load_config, scan_unroll_for
 from foundations.objectives.losses import chunked_cross_entropy
 from foundations.parallel.mesh import make_mesh
-from foundations.train.trainer import Trainer
+from foundations.train.trainer import Trainer, resolve_scan_unroll
 from conftest import TINY
 
 
@@ -37,9 +37,11 @@ def test_chunked_cross_entropy_equals_optax_on_whole_logits():
 
 @pytest.mark.parametrize("tied,fast_path", [(True, "objective.loss_chunk_size=12"),
                                              (False, "objective.loss_chunk_size=12"),
-                                             (True, "model.scan_unroll=2")])
+                                             (True, "model.scan_unroll=2"),
+                                             (True, "model.scan_unroll=0")])
 def test_trainer_loss_and_gradients_do_not_change(tied, fast_path):
-    overrides = [*TINY, f"model.tie_embeddings={str(tied).lower()}"]
+    """Against the scanned stack (scan_unroll=1); scan_unroll=0 (auto) unrolls it on the CPU."""
+    overrides = [*TINY, f"model.tie_embeddings={str(tied).lower()}", "model.scan_unroll=1"]
     mesh = make_mesh(load_config(None, overrides).mesh, jax.devices()[:1])
     whole = Trainer(load_config(None, overrides), mesh)
     chunked = Trainer(load_config(None, [*overrides, fast_path]), mesh)
@@ -61,3 +63,22 @@ def test_chunks_are_refused_for_other_objectives():
     with pytest.raises(ConfigError, match="loss_chunk_size applies to objective.kind=clm"):
         load_config(None, ["model.family=encoder", "objective.kind=mlm",
                            "objective.loss_chunk_size=64"])
+
+
+def test_auto_scan_unroll_resolves_by_backend_and_depth():
+    def resolved(layers, backend, setting=0):
+        cfg = load_config(None, [f"model.num_layers={layers}",
+                                 f"model.scan_unroll={setting}"]).model
+        return scan_unroll_for(cfg, backend)
+    assert load_config(None, []).model.scan_unroll == 0   # the default is auto
+    for backend in ("cpu", "gpu", "tpu"):                 # shallow: unrolled everywhere
+        assert resolved(4, backend) == 4
+        assert resolved(UNROLL_ALL_LAYERS, backend) == UNROLL_ALL_LAYERS
+    assert resolved(24, "cpu") == 24                      # deep: unrolled only on the CPU
+    assert resolved(24, "tpu") == 1 and resolved(24, "gpu") == 1
+    assert resolved(24, "tpu", setting=3) == 3            # a set value is kept
+    # the trainer records what it resolved: its config says what the step used
+    config = load_config(None, [*TINY, "model.num_layers=3"])
+    assert resolve_scan_unroll(config).model.scan_unroll == 3   # (CPU, shallow)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    assert Trainer(config, mesh).config.model.scan_unroll == 3

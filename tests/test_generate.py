@@ -141,3 +141,32 @@ def test_beam_search_with_every_token_as_a_beam_is_exhaustive():
     best = np.unravel_index(np.argmax(total), total.shape)
     beams = generate(model, params, prompt, max_new_tokens=2, num_beams=64)
     assert beams[0].tolist() == [int(best[0]), int(best[1])]
+
+
+# a decoder with a ring cache, a plain one and T5: the one-jit loop against the streaming one
+@pytest.mark.parametrize("family", ["gpt2", "sliding_window", "t5"], indirect=True)
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.8, top_k=20, seed=3),
+                                      dict(temperature=1.0, top_p=0.9, seed=5,
+                                           repetition_penalty=1.3)])
+def test_one_jit_loop_equals_the_streaming_loop(family, sampling):
+    name, model, params = family
+    columns = []
+    kwargs = dict(attention_mask=MASK, max_new_tokens=NEW, **sampling)
+    streamed = generate(model, params, PROMPTS, on_token=columns.append, **kwargs)
+    fused = generate(model, params, PROMPTS, **kwargs)   # no on_token: one jit
+    np.testing.assert_array_equal(fused, streamed)
+    np.testing.assert_array_equal(np.stack(columns, axis=1), streamed)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"], indirect=True)
+def test_one_jit_loop_stops_at_eos_like_the_streaming_loop(family):
+    name, model, params = family
+    greedy = generate(model, params, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    for eos in (int(greedy[0, 1]), int(greedy[1, 0])):   # some rows end early; maybe all
+        kwargs = dict(attention_mask=MASK, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=1)
+        if name == "t5":   # its decoder starts from the pad token unless told
+            kwargs["decoder_start_token_id"] = 0
+        columns = []
+        streamed = generate(model, params, PROMPTS, on_token=columns.append, **kwargs)
+        np.testing.assert_array_equal(generate(model, params, PROMPTS, **kwargs), streamed)
+        assert (streamed == 1).any()

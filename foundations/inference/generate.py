@@ -240,6 +240,15 @@ def _decode(model, variables, ids, mask, settings, steps, num_beams, length_pena
                            float(repetition_penalty), float(length_penalty), eos_token_id,
                            int(pad_token_id))
     key = jax.random.PRNGKey(seed)
+    if on_token is None and use_cache:   # nothing streams: the whole loop in one jit
+        next_logits.close()
+        if isinstance(model, EncoderDecoder):
+            logits, cache, extras = _encdec_prefill(model, variables, ids, mask, start, steps)
+        else:
+            logits, cache, extras = _decoder_prefill(model, variables, ids, mask, steps)
+        out, _ = _fused_decode(model, settings, steps, offset, variables, cache, logits,
+                               jnp.asarray(prev), key, extras)
+        return np.asarray(out)
     finished = jnp.zeros((batch,), bool)
     out = np.full((batch, steps), pad_token_id, np.int32)
     logits = next(next_logits)
@@ -253,6 +262,76 @@ def _decode(model, variables, ids, mask, settings, steps, num_beams, length_pena
         logits = next_logits.send(token)
     next_logits.close()
     return out
+
+
+@partial(jax.jit, static_argnames=("model", "settings", "steps", "offset"), donate_argnums=5)
+def _fused_decode(model, settings, steps, offset, variables, cache, logits, prev, key, extras):
+    """generate's token loop without streaming, in one XLA while loop (the cache donated):
+    the same picks as the Python loop of _decode, stopping once every row has produced EOS.
+    `extras`: a decoder's first new positions (B,), an encoder-decoder's (encoded, padding)."""
+    rows = logits.shape[0]
+
+    def pick(logits, prev, finished, t):
+        token, finished = _pick(settings, logits, prev, finished, key, t)
+        prev = jax.lax.dynamic_update_slice_in_dim(prev, token[:, None], offset + t, axis=1)
+        return token, prev, finished
+
+    def step(cache, token, t):
+        if isinstance(model, EncoderDecoder):
+            encoded, padding = extras
+            positions = jnp.full((rows, 1), 1 + t, jnp.int32)
+            logits, updated = model.apply({**variables, "cache": cache}, encoded,
+                                          token[:, None], positions, padding, "step",
+                                          method="decode", mutable=["cache"])
+        else:
+            positions = (extras + t)[:, None]
+            logits, updated = model.apply({**variables, "cache": cache}, token[:, None],
+                                          positions, decode="step", mutable=["cache"])
+        return logits[:, -1].astype(jnp.float32), updated["cache"]
+
+    out = jnp.full((rows, steps), settings.pad_token_id, jnp.int32)
+    token, prev, finished = pick(logits, prev, jnp.zeros((rows,), bool), 0)
+    out = out.at[:, 0].set(token)
+
+    def more(carry):
+        t, _, _, _, finished, _ = carry
+        return (t < steps) & ~finished.all()
+
+    def body(carry):
+        t, cache, token, prev, finished, out = carry
+        logits, cache = step(cache, token, t - 1)
+        token, prev, finished = pick(logits, prev, finished, t)
+        out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], t, axis=1)
+        return t + 1, cache, token, prev, finished, out
+
+    carry = (jnp.int32(1), cache, token, prev, finished, out)
+    carry = jax.lax.while_loop(more, body, carry)
+    return carry[-1], carry[1]   # the cache too: its buffers are the donated ones, updated in place
+
+
+def _decoder_prefill(model, variables, ids, mask, steps):
+    """The prompt's pass: (next-token logits, the filled cache, each row's first new position)."""
+    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
+    size = cache_slots(model.cfg, ids.shape[1], steps)
+    example = jnp.zeros((len(ids), size), jnp.int32)
+    cache = _empty_cache(lambda t: model.apply(variables, t, t - 1, decode="prefill",
+                                               mutable=["cache"])[1]["cache"], example)
+    logits, cache = _decoder_cached(model, "prefill", variables, cache, ids, positions)
+    return logits, cache, jnp.asarray(positions[:, -1] + 1)
+
+
+def _encdec_prefill(model, variables, ids, mask, start, steps):
+    """An encoder-decoder's: the encoder once, the decoder's start token; extras (encoded, mask)."""
+    batch = len(ids)
+    encoded = _encode(model, variables, ids, mask)
+    example = jnp.zeros((batch, steps), jnp.int32)
+    cache = _empty_cache(lambda e, t: model.apply(variables, e, t, t, mask, "prefill",
+                                                  method="decode", mutable=["cache"])[1]["cache"],
+                         encoded, example)
+    logits, cache = _encdec_cached(model, "prefill", variables, cache, encoded, mask,
+                                   jnp.full((batch, 1), start, jnp.int32),
+                                   jnp.zeros((batch, 1), jnp.int32))
+    return logits, cache, (encoded, jnp.asarray(mask))
 
 
 def decoder_steps(model, variables, ids, mask, steps, use_cache):
@@ -273,11 +352,7 @@ def decoder_steps(model, variables, ids, mask, steps, use_cache):
             tokens = tokens if rows is None else tokens[rows]
             tokens[:, ids.shape[1] + t] = np.asarray(token)
         return
-    size = cache_slots(model.cfg, ids.shape[1], steps)
-    example = jnp.zeros((len(ids), size), jnp.int32)
-    cache = _empty_cache(lambda t: model.apply(variables, t, t - 1, decode="prefill",
-                                               mutable=["cache"])[1]["cache"], example)
-    logits, cache = _decoder_cached(model, "prefill", variables, cache, ids, positions)
+    logits, cache, _ = _decoder_prefill(model, variables, ids, mask, steps)
     for t in range(steps):
         token, rows = _unpack((yield logits))
         cache = cache if rows is None else _reorder_cache(cache, jnp.asarray(rows))

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from foundations.config import ModelConfig
+from foundations.config import ModelConfig, scan_unroll_for
 from foundations.models.attention import Attention, segment_mask
 from foundations.models.kv_cache import CachedPositions, decode_mask
 from foundations.models.layers import DTYPES, Einsum, Embedding, Mlp, Norm, constrain
@@ -66,7 +66,8 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
     scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0,
                                                  "prefix": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
-                      length=num_layers or cfg.num_layers, unroll=cfg.scan_unroll,
+                      length=num_layers or cfg.num_layers,
+                      unroll=scan_unroll_for(cfg, jax.default_backend(), num_layers),
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(cfg, deterministic, causal, cross, decode, name=name)
 

@@ -9,6 +9,8 @@ mesh.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from foundations.config import Config, ConfigError
+from foundations.config import Config, ConfigError, scan_unroll_for
 from foundations.data.pipeline import configured_tokenizer
 from foundations.models.families import build_model
 from foundations.flops import param_counts, train_flops_per_token
@@ -28,10 +30,22 @@ from foundations.parallel.mesh import (RULES, batch_parallelism, batch_sharding,
 from foundations.train.optim import make_optimizer
 
 
+def resolve_scan_unroll(config: Config, mesh: Mesh | None = None) -> Config:
+    """`config` with model.scan_unroll=0 (auto) resolved for the mesh's backend (default: JAX's)
+    and the depth (config.scan_unroll_for), so trainer.config says what the step uses."""
+    if config.model.scan_unroll:
+        return config
+    backend = (mesh.devices.flat[0].platform if mesh is not None else jax.default_backend())
+    unroll = scan_unroll_for(config.model, backend)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                 scan_unroll=unroll))
+
+
 class Trainer:
     """Model, optimizer and shardings for one config on one mesh, with jitted steps."""
 
     def __init__(self, config: Config, mesh: Mesh, tokenizer=None):
+        config = resolve_scan_unroll(config, mesh)
         self.config, self.model_cfg, self.mesh = config, config.model, mesh
         model_cfg = config.model
         self.seq_len = config.data.seq_len
