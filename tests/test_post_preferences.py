@@ -69,8 +69,9 @@ def test_reward_score_reads_the_last_response_position(parity_pairs):
     rows = {k: jnp.asarray(v[:16]) for k, v in trainer.task.val_rows.items()}
     loss, metrics = trainer.loss(params, rows, None, trainer.frozen)
     # by hand: "Q: a+b= A: " + answer, then eos; the score reads the last answer character
-    _, hidden = trainer.forward(params, trainer.frozen, None,
-                                jnp.concatenate([rows["chosen"], rows["rejected"]])[:, :-1])
+    _, hidden, _ = trainer.forward(params, jnp.concatenate([rows["chosen"],
+                                                          rows["rejected"]])[:, :-1],
+                                   frozen=trainer.frozen)
     val = trainer.task.val_rows
     scores = []
     tokens = np.concatenate([val["chosen"][:16], val["rejected"][:16]])
