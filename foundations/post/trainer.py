@@ -30,6 +30,7 @@ class Method:
     names; `init`) and what the model reads for trainable `params` (`model_inputs`). `full`
     trains the model's own tree."""
     name, setting = "full", ""
+    trains_base = True   # the state's params are the model itself: no frozen base to keep
 
     def check(self, config) -> None:
         """Refuses a config this method cannot train."""
@@ -46,7 +47,7 @@ class Method:
 
 
 class Lora(Method):
-    name, setting = "lora", "lora.rank"
+    name, setting, trains_base = "lora", "lora.rank", False
 
     def init(self, trainer, rng, base):
         shapes = {adapters.path_name(p): x.shape for p, x in
@@ -64,7 +65,7 @@ class Lora(Method):
 
 class Prompt(Method):
     """Soft-prompt ids first; every query sees them, they see only each other (causally)."""
-    name, setting = "prompt", "prompt_tuning.num_tokens"
+    name, setting, trains_base = "prompt", "prompt_tuning.num_tokens", False
 
     def check(self, config) -> None:
         m, p = config.model, config.prompt_tuning.num_tokens
@@ -106,7 +107,7 @@ class Prompt(Method):
 
 
 class Prefix(Method):
-    name, setting = "prefix", "prefix_tuning.num_tokens"
+    name, setting, trains_base = "prefix", "prefix_tuning.num_tokens", False
 
     def check(self, config) -> None:
         m = config.model
@@ -174,9 +175,9 @@ class PostTrainer(Trainer):
             self.prompt_model = build_model(replace(
                 config, {"model.vocab_size": self.vocab_size + self.num_prompt}))
         base = self._load_base(log)
-        self.frozen = {} if self.method == "full" and not task.needs_reference else \
+        self.frozen = {} if self.adapter.trains_base and not task.needs_reference else \
             {"base": base}
-        self._initial_base = base if self.method == "full" else None
+        self._initial_base = base if self.adapter.trains_base else None
         frozen_shardings = {k: base_shardings for k in self.frozen}
         self._train_step = jax.jit(
             lambda state, frozen, batch: self._step(state, batch, frozen), donate_argnums=0,
@@ -203,14 +204,14 @@ class PostTrainer(Trainer):
         params = self.adapter.init(self, jax.random.fold_in(rng, 1), base)
         head = self.task.init_head(jax.random.fold_in(rng, 2), self.model_cfg)
         if head is not None:
-            params = {"model": params, "head": head} if self.method == "full" else \
+            params = {"model": params, "head": head} if self.adapter.trains_base else \
                 {**params, "head": head}
         return params
 
     def init_state(self, seed: int | None = None):
         """Fresh adapters (or, fully fine-tuning, a copy of the base) and optimizer state."""
         state = super().init_state(seed)
-        if self.method != "full":
+        if not self.adapter.trains_base:
             return state
         model = jax.tree.map(lambda x: x.copy(), self._initial_base)  # state is donated
         params = {**state["params"], "model": model} if "head" in state["params"] else model
