@@ -5,7 +5,7 @@
 #
 #   launch/multihost_local.sh [--dry-run] N CONFIG [overrides...] [--run-dir DIR]
 #   env: DEVICES (devices per process, default 4), PORT (coordinator port, default a free one),
-#        PYTHON (default python3)
+#        PYTHON (default python3), COMMAND (the foundations command, default train; sft, ...)
 set -euo pipefail
 
 usage() {
@@ -39,7 +39,7 @@ for ((i = 0; i < num_processes; i++)); do
   env_vars=(JAX_PLATFORMS=cpu "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
     "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$num_processes"
     "JAX_PROCESS_ID=$i")
-  command=("$python" -m foundations.cli train "$config" "$@" --no-progress)
+  command=("$python" -m foundations.cli "${COMMAND:-train}" "$config" "$@" --no-progress)
   if [[ $dry_run == 1 ]]; then
     echo "env ${env_vars[*]} ${command[*]} &"
     continue

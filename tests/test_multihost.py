@@ -44,9 +44,11 @@ def write_config(path: Path, corpus: Path, steps: int, mesh: dict | None = None)
     return path
 
 
-def launch(log: Path, num_processes: int, config: Path, *args: str) -> subprocess.Popen:
+def launch(log: Path, num_processes: int, config: Path, *args: str,
+           command: str = "train") -> subprocess.Popen:
     """Starts the launcher in its own session, its output going to `log`."""
     env = {**os.environ, "PYTHON": sys.executable, "DEVICES": "4", "PYTHONUNBUFFERED": "1",
+           "COMMAND": command,
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("XLA_FLAGS", None)  # the launcher sets the device count per process
     return subprocess.Popen(["bash", str(LAUNCH), str(num_processes), str(config), *args],
@@ -105,6 +107,23 @@ def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path, one_process)
     data_dir = tmp_path / "two" / "checkpoints" / "3" / "data"
     assert {p.name for p in data_dir.glob("process_*")} == {"process_0-of-2.json",
                                                             "process_1-of-2.json"}
+
+
+def test_sft_on_two_processes_equals_one(corpus, tmp_path):
+    """Post-training commands start jax.distributed as `train` does: the same SFT losses."""
+    from foundations.post.stages import Stage
+    from foundations.post.synthetic import write_addition
+    data = write_addition(tmp_path / "addition", count=64, seed=0)
+    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3)
+    sft = [f"sft.train_file={data['sft']}", "train.eval_batches=1"]
+    proc = launch(tmp_path / "launch.log", 2, config_file, *sft, "--run-dir",
+                  str(tmp_path / "two"), command="sft")
+    train(load_config(config_file, sft), tmp_path / "one", progress=False,
+          stage=Stage("sft", log=lambda _: None))
+    status, output = wait(proc, tmp_path)
+    assert status == 0, output[-3000:]
+    assert "[1] process 1 of 2, 4 local devices of 8" in output
+    assert_same_losses(logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two"))
 
 
 def test_a_smaller_mesh_takes_devices_from_every_process(corpus, tmp_path, one_process):

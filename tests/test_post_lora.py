@@ -51,8 +51,8 @@ def test_untrained_adapter_is_the_base(built):
     _, _, trainer, iterator = built
     params = trainer.init_state()["params"]
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:4, :-1])
-    tuned, _ = trainer.forward(params, trainer.frozen, None, tokens)
-    base, _ = trainer.forward(None, trainer.frozen, None, tokens)
+    tuned, _, _ = trainer.forward(params, tokens, frozen=trainer.frozen)
+    base, _, _ = trainer.forward(None, tokens, frozen=trainer.frozen)
     np.testing.assert_array_equal(np.asarray(tuned), np.asarray(base))
 
 
@@ -113,10 +113,10 @@ def test_only_adapters_train_and_are_checkpointed(built, tmp_path):
                                                                   config.checkpoint),
                                     3, trainer.abstract_state)
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:4, :-1])
-    adapted, _ = trainer.forward(lora_state["params"], trainer.frozen, None, tokens)
+    adapted, _, _ = trainer.forward(lora_state["params"], tokens, frozen=trainer.frozen)
     folded = plain.plain_model.apply({"params": merged_state["params"]}, tokens)
     np.testing.assert_allclose(np.asarray(folded), np.asarray(adapted), atol=1e-5, rtol=1e-5)
-    base, _ = trainer.forward(None, trainer.frozen, None, tokens)
+    base, _, _ = trainer.forward(None, tokens, frozen=trainer.frozen)
     assert not np.allclose(np.asarray(base), np.asarray(adapted), atol=1e-4)
 
 

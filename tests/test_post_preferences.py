@@ -69,8 +69,9 @@ def test_reward_score_reads_the_last_response_position(parity_pairs):
     rows = {k: jnp.asarray(v[:16]) for k, v in trainer.task.val_rows.items()}
     loss, metrics = trainer.loss(params, rows, None, trainer.frozen)
     # by hand: "Q: a+b= A: " + answer, then eos; the score reads the last answer character
-    _, hidden = trainer.forward(params, trainer.frozen, None,
-                                jnp.concatenate([rows["chosen"], rows["rejected"]])[:, :-1])
+    _, hidden, _ = trainer.forward(params, jnp.concatenate([rows["chosen"],
+                                                          rows["rejected"]])[:, :-1],
+                                   frozen=trainer.frozen)
     val = trainer.task.val_rows
     scores = []
     tokens = np.concatenate([val["chosen"][:16], val["rejected"][:16]])
@@ -107,3 +108,9 @@ def test_dpo_starts_at_log2_and_raises_the_margin(parity_pairs, tmp_path):
     assert summary["val_reward_margin"] > 1.0, summary
     assert summary["val_reward_accuracy"] > 0.75, summary
     assert summary["val_chosen_reward"] > 0 > summary["val_rejected_reward"], summary
+    # tokens a step processes: SFT its 16 rows of 32; DPO 2 rows per pair, trained, and the same
+    # 32 rows once more through the reference
+    for run, per_step in (("sft", 16 * 32), ("dpo", 2 * 2 * 16 * 32)):
+        logged = [json.loads(line) for line in
+                  (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert logged[-1]["tokens"] == logged[-1]["step"] * per_step, run

@@ -53,10 +53,10 @@ def test_prefixes_act_as_the_keys_and_values_of_real_tokens(built):
         f"prefix_{name}": attention[name]["__call__"][0][:, 1, :3] for name in ("key", "value")}}}
     whole = trainer.model.apply({"params": base}, tokens)[:, 3:]
     for row, p in enumerate((prefix, prefix_b)):
-        tuned, _ = trainer.forward({"prefix": p}, trainer.frozen, None, rest[row:row + 1])
+        tuned, _, _ = trainer.forward({"prefix": p}, rest[row:row + 1], frozen=trainer.frozen)
         np.testing.assert_allclose(np.asarray(tuned[0]), np.asarray(whole[row]), atol=2e-5,
                                    rtol=1e-5)
-    alone, _ = trainer.forward(None, trainer.frozen, None, rest)   # the context matters
+    alone, _, _ = trainer.forward(None, rest, frozen=trainer.frozen)   # the context matters
     assert not np.allclose(np.asarray(alone), np.asarray(whole), atol=1e-3)
 
 

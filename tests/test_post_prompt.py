@@ -35,7 +35,7 @@ def test_shapes_and_trainable_parameters(built):
     moments = [x.shape for x in jax.tree.leaves(state["opt_state"]) if x.shape]
     assert moments == [(5, 32), (5, 32)]
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:2, :-1])
-    logits, hidden = trainer.forward(state["params"], trainer.frozen, None, tokens)
+    logits, hidden, _ = trainer.forward(state["params"], tokens, frozen=trainer.frozen)
     assert logits.shape == (2, 48, config.model.vocab_size) and hidden.shape == (2, 48, 32)
 
 
@@ -48,9 +48,9 @@ def test_soft_prompt_is_a_causal_prefix_of_the_input(built):
     rows = trainer.task.val_rows
     tokens = jnp.asarray(rows["tokens"][:2, :-1])
     first = rows["segments"][:2] == 1   # the first example of each packed row
-    tuned, _ = trainer.forward(params, trainer.frozen, None, tokens,
-                               jnp.asarray(rows["positions"][:2]),
-                               segment_mask(jnp.asarray(rows["segments"][:2])))
+    tuned, _, _ = trainer.forward(params, tokens, frozen=trainer.frozen,
+                                  positions=jnp.asarray(rows["positions"][:2]),
+                                  mask=segment_mask(jnp.asarray(rows["segments"][:2])))
     vocab = config.model.vocab_size
     big = build_model(replace(config, {"model.vocab_size": vocab + 5}))
     table = jnp.concatenate([trainer.frozen["base"]["token_embed"]["embedding"], prompt])
@@ -60,7 +60,7 @@ def test_soft_prompt_is_a_causal_prefix_of_the_input(built):
     for r in range(2):
         np.testing.assert_allclose(np.asarray(tuned[r][first[r]]),
                                    np.asarray(plain[r][first[r]]), atol=2e-5, rtol=1e-5)
-    untuned, _ = trainer.forward(None, trainer.frozen, None, tokens)
+    untuned, _, _ = trainer.forward(None, tokens, frozen=trainer.frozen)
     assert not np.allclose(np.asarray(untuned), np.asarray(tuned), atol=1e-3)
 
 

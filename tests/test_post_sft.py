@@ -59,13 +59,14 @@ def test_packed_logits_equal_each_example_alone(addition):
     rows = {k: v[:1] for k, v in trainer.task.train_rows.items()}
     segments = rows["segments"][0]
     assert segments.max() >= 2, "the first row should hold several examples"
-    packed, _ = trainer.forward(params, trainer.frozen, None, jnp.asarray(rows["tokens"][:, :-1]),
-                                jnp.asarray(rows["positions"]),
-                                segment_mask(jnp.asarray(rows["segments"])))
+    packed, _, _ = trainer.forward(params, jnp.asarray(rows["tokens"][:, :-1]),
+                                   frozen=trainer.frozen,
+                                   positions=jnp.asarray(rows["positions"]),
+                                   mask=segment_mask(jnp.asarray(rows["segments"])))
     for s in range(1, segments.max() + 1):
         where = np.flatnonzero(segments == s)
-        alone, _ = trainer.forward(params, trainer.frozen, None,
-                                   jnp.asarray(rows["tokens"][:, where]))
+        alone, _, _ = trainer.forward(params, jnp.asarray(rows["tokens"][:, where]),
+                                      frozen=trainer.frozen)
         np.testing.assert_allclose(np.asarray(packed)[0, where], np.asarray(alone)[0],
                                    atol=2e-5, rtol=1e-5)
 

@@ -12,7 +12,10 @@ STAGES = {"sft": "supervised fine-tuning on (prompt, response) JSONL",
 
 def _stage(args) -> None:
     from foundations.config import load_config
+    from foundations.parallel import distributed
     config = load_config(args.config, args.overrides)
+    if distributed.initialize(config.distributed):  # as `train`: before anything touches JAX
+        print(distributed.describe(), flush=True)
     import jax
     from foundations.post.stages import Stage
     from foundations.train.evaluate import describe

@@ -15,19 +15,15 @@ from foundations.config import ConfigError, load_config, replace, save_config
 from foundations.data.pipeline import configured_tokenizer
 from foundations.parallel.mesh import make_mesh
 from foundations.post.adapters import export_peft
-from foundations.post.trainer import PostTrainer
+from foundations.post.stages import BaseTask
+from foundations.post.trainer import ADAPTER_SETTINGS, PostTrainer
 from foundations.train import checkpoint
 from foundations.train.loop import keep_tokenizer, make_trainer
 
-ADAPTER_KEYS = {"lora.rank": 0, "prompt_tuning.num_tokens": 0, "prefix_tuning.num_tokens": 0}
 
-
-class NoTask:
+class NoTask(BaseTask):
     """Merging reads parameters only: no data, no loss, no reward head."""
-    needs_reference = False
-
-    def init_head(self, rng, model_cfg):
-        return None
+    name = "merge"
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, peft_dir: str | Path | None = None):
@@ -51,7 +47,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, peft_dir: str | Path | N
     if peft_dir is not None:
         export_peft(config, state["params"]["lora"], post.lora_targets, peft_dir)
 
-    plain = replace(config, {**ADAPTER_KEYS, "train.init_from": "", "train.init_step": None})
+    plain = replace(config, {**ADAPTER_SETTINGS, "train.init_from": "", "train.init_step": None})
     trainer = make_trainer(plain, tokenizer, mesh)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(plain, out_dir / "config.yaml")

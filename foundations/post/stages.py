@@ -11,6 +11,8 @@ logging and evaluation are the pre-training loop's own.
 
 from __future__ import annotations
 
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,10 +58,50 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
                            "rejected_reward": rejected_reward.mean()}
 
 
-class SftTask:
+@runtime_checkable
+class Task(Protocol):
+    """What `PostTrainer` trains: a stage's loss on its batches, and what the step needs.
+
+    `loss(trainer, params, frozen, batch, rng) -> (loss, metrics)` runs inside the jitted step
+    and calls `trainer.forward` (which returns the MoE router losses the loss must include);
+    `needs_reference`: the step also gets the frozen init_from model (DPO's reference);
+    `rows_per_example`: the model rows one batch element trains (a preference pair: 2), for
+    the tokens and FLOPs a step reports; `init_head(rng, model_cfg)`: extra trainable
+    parameters (a reward head) or None; `rollout`: None, or a callable that samples the
+    batch from the policy (on-policy stages)."""
+    name: str
+    needs_reference: bool
+    rows_per_example: int
+    rollout: Callable[..., Any] | None
+
+    def loss(self, trainer, params, frozen, batch, rng) -> tuple[jax.Array, dict]: ...
+
+    def init_head(self, rng, model_cfg) -> Any: ...
+
+
+class BaseTask:
+    """Defaults of the Task protocol: one row per example, no reference, head or rollout."""
+    name: ClassVar[str] = ""
+    needs_reference: ClassVar[bool] = False
+    rows_per_example: ClassVar[int] = 1
+    rollout: ClassVar[Callable[..., Any] | None] = None
+
+    def init_head(self, rng, model_cfg):
+        return None
+
+    def loss(self, trainer, params, frozen, batch, rng):
+        raise NotImplementedError(f"{type(self).__name__} has no loss")
+
+
+def with_aux(trainer, loss, aux, metrics: dict):
+    """The task's loss plus the model's auxiliary losses (MoE routers), both reported, as the
+    pre-training objective does."""
+    return trainer.objective.with_aux(loss, aux, metrics)
+
+
+class SftTask(BaseTask):
     """(prompt, response) pairs packed into windows; the loss is on the response tokens."""
     name = "sft"
-    needs_reference = False
     fields = ("prompt", "response")
 
     def __init__(self, config, tokenizer):
@@ -80,20 +122,19 @@ class SftTask:
         return (f"{len(rows['tokens']):,} packed rows, {int(rows['weights'].sum()):,} response "
                 "tokens")
 
-    def init_head(self, rng, model_cfg):
-        return None
-
     def loss(self, trainer, params, frozen, batch, rng):
-        logits, _ = trainer.forward(params, frozen, rng, batch["tokens"][:, :-1],
-                                    batch["positions"], segment_mask(batch["segments"]))
+        logits, _, aux = trainer.forward(
+            params, batch["tokens"][:, :-1], frozen=frozen, rng=rng,
+            positions=batch["positions"], mask=segment_mask(batch["segments"]))
         loss, accuracy = weighted_cross_entropy(logits, batch["tokens"][:, 1:], batch["weights"])
-        return loss, {"response_accuracy": accuracy}
+        return with_aux(trainer, loss, aux, {"response_accuracy": accuracy})
 
 
 class PairTask(SftTask):
     """(prompt, chosen, rejected) preference pairs, each response a row of its own."""
     fields = PAIR_FIELDS
     section = "reward"
+    rows_per_example = 2   # the chosen and the rejected response
 
     def examples(self, config):
         s = getattr(config, self.section)
@@ -122,17 +163,20 @@ class RewardTask(PairTask):
                 "bias": nn.LogicallyPartitioned(jnp.zeros((1,)), ("norm",))}
 
     def scores(self, trainer, params, frozen, rng, tokens, weights):
-        _, hidden = trainer.forward(params, frozen, rng, tokens[:, :-1])
+        """(scalar reward of each row, the forward pass's aux losses)."""
+        _, hidden, aux = trainer.forward(params, tokens[:, :-1], frozen=frozen, rng=rng)
         last = weights.shape[1] - 1 - jnp.argmax(weights[:, ::-1], axis=1)  # last target
         read = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-        return read.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"][0]
+        return (read.astype(jnp.float32) @ params["head"]["kernel"]
+                + params["head"]["bias"][0]), aux
 
     def loss(self, trainer, params, frozen, batch, rng):
         tokens, weights = self.both(batch)
-        scores = self.scores(trainer, params, frozen, rng, tokens, weights)
+        scores, aux = self.scores(trainer, params, frozen, rng, tokens, weights)
         chosen, rejected = jnp.split(scores, 2)
         loss, accuracy = bradley_terry_loss(chosen, rejected)
-        return loss, {"pairwise_accuracy": accuracy, "margin": (chosen - rejected).mean()}
+        return with_aux(trainer, loss, aux, {"pairwise_accuracy": accuracy,
+                                             "margin": (chosen - rejected).mean()})
 
 
 class DpoTask(PairTask):
@@ -143,16 +187,18 @@ class DpoTask(PairTask):
 
     def loss(self, trainer, params, frozen, batch, rng):
         tokens, weights = self.both(batch)
-        policy = sequence_logprobs(trainer.forward(params, frozen, rng, tokens[:, :-1])[0],
-                                   tokens, weights)
+        logits, _, aux = trainer.forward(params, tokens[:, :-1], frozen=frozen, rng=rng)
+        policy = sequence_logprobs(logits, tokens, weights)
+        # the reference's router losses are not the policy's to lower: only its log-probs count
         reference = jax.lax.stop_gradient(sequence_logprobs(
-            trainer.forward(None, frozen, None, tokens[:, :-1])[0], tokens, weights))
+            trainer.forward(None, tokens[:, :-1], frozen=frozen)[0], tokens, weights))
         d = self.config.dpo
         (pc, pr), (rc, rr) = jnp.split(policy, 2), jnp.split(reference, 2)
-        return dpo_loss(pc, pr, rc, rr, d.beta, d.loss, d.label_smoothing)
+        loss, metrics = dpo_loss(pc, pr, rc, rr, d.beta, d.loss, d.label_smoothing)
+        return with_aux(trainer, loss, aux, metrics)
 
 
-TASKS = {"sft": SftTask, "reward": RewardTask, "dpo": DpoTask}
+TASKS: dict[str, type[Task]] = {"sft": SftTask, "reward": RewardTask, "dpo": DpoTask}
 
 
 class Stage:

@@ -16,45 +16,153 @@ import jax.numpy as jnp
 import numpy as np
 
 from foundations.config import ConfigError, replace
+from foundations.models.attention import segment_mask
 from foundations.models.families import build_model
 from foundations.parallel.mesh import batch_sharding, logical_shardings, replicated
 from foundations.post import adapters
+from foundations.post.stages import Task
 from foundations.train.trainer import Trainer
 from foundations.train.warm_start import params_from_run
 
 
-def method(config) -> str:
-    """'lora', 'prompt', 'prefix' or 'full' (every parameter trains)."""
-    chosen = [name for name, on in (("lora", config.lora.rank), ("prompt",
-              config.prompt_tuning.num_tokens), ("prefix", config.prefix_tuning.num_tokens))
-              if on]
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one of lora.rank, prompt_tuning.num_tokens, "
-                          f"prefix_tuning.num_tokens (set: {', '.join(chosen)})")
-    return chosen[0] if chosen else "full"
+class Method:
+    """One way of tuning: which config setting turns it on, what trains (boxed with logical
+    names; `init`) and what the model reads for trainable `params` (`model_inputs`). `full`
+    trains the model's own tree."""
+    name, setting = "full", ""
+    trains_base = True   # the state's params are the model itself: no frozen base to keep
+
+    def check(self, config) -> None:
+        """Refuses a config this method cannot train."""
+
+    def init(self, trainer, rng, base):
+        return base
+
+    def model_params(self, trainer, params, frozen, rng):
+        return params["model"] if "head" in params else params
+
+    def model_inputs(self, trainer, params, frozen, rng, args, kwargs):
+        return (trainer.model, {"params": self.model_params(trainer, params, frozen, rng)},
+                args, kwargs, 0)
 
 
-class PostTrainer(Trainer):
-    """A Trainer whose state params are what trains and whose loss is `task`'s (post/stages.py).
-    `init_from` parameters (or, without train.init_from, a random model) become the base."""
+class Lora(Method):
+    name, setting, trains_base = "lora", "lora.rank", False
 
-    def __init__(self, config, mesh, tokenizer, task, log=print):
-        self.task, self.method = task, method(config)
+    def init(self, trainer, rng, base):
+        shapes = {adapters.path_name(p): x.shape for p, x in
+                  jax.tree_util.tree_flatten_with_path(nn.unbox(base))[0]}
+        targets = adapters.lora_targets(nn.get_partition_spec(base), trainer.config.lora.targets)
+        if not targets:
+            raise ConfigError(f"lora.targets={trainer.config.lora.targets!r} matches no kernel")
+        return {"lora": adapters.init_lora(rng, shapes, targets, trainer.config.lora.rank)}
+
+    def model_params(self, trainer, params, frozen, rng):
+        lora = trainer.config.lora
+        return adapters.apply_lora(frozen["base"], params["lora"], trainer.lora_targets,
+                                   lora.alpha / lora.rank, lora.dropout, rng)
+
+
+class Prompt(Method):
+    """Soft-prompt ids first; every query sees them, they see only each other (causally)."""
+    name, setting, trains_base = "prompt", "prompt_tuning.num_tokens", False
+
+    def check(self, config) -> None:
+        m, p = config.model, config.prompt_tuning.num_tokens
+        if m.positions.kind == "learned" and config.data.seq_len + p > m.max_seq_len:
+            raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
+                              f"{p} exceeds model.max_seq_len={m.max_seq_len}")
+
+    def init(self, trainer, rng, base):
+        return {"prompt": adapters.init_soft_prompt(rng, trainer.num_prompt,
+                                                    trainer.model_cfg.d_model,
+                                                    trainer.model_cfg.init_std)}
+
+    def model_params(self, trainer, params, frozen, rng):
+        return adapters.with_soft_prompt(frozen["base"], params["prompt"])
+
+    def model_inputs(self, trainer, params, frozen, rng, args, kwargs):
+        (tokens,), kwargs = args, dict(kwargs)
+        positions, mask = kwargs.pop("positions", None), kwargs.pop("mask", None)
+        segments = kwargs.pop("segments", None)
+        if segments is not None:
+            mask = segment_mask(segments)
+        p, (rows, length) = trainer.num_prompt, tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+        if mask is None:
+            mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        mask = jnp.broadcast_to(mask, (rows, 1, length, length))
+        ids = jnp.broadcast_to(trainer.vocab_size + jnp.arange(p), (rows, p))
+        tokens = jnp.concatenate([ids, tokens], axis=1)
+        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (rows, p)),
+                                     positions + p], axis=1)
+        prompt_rows = jnp.broadcast_to(jnp.tril(jnp.ones((p, p), bool)), (rows, 1, p, p))
+        top = jnp.concatenate([prompt_rows, jnp.zeros((rows, 1, p, length), bool)], axis=3)
+        bottom = jnp.concatenate([jnp.ones((rows, 1, length, p), bool), mask], axis=3)
+        mask = jnp.concatenate([top, bottom], axis=2)
+        variables = {"params": self.model_params(trainer, params, frozen, rng)}
+        return (trainer.prompt_model, variables, (tokens,),
+                {**kwargs, "positions": positions, "mask": mask}, p)
+
+
+class Prefix(Method):
+    name, setting, trains_base = "prefix", "prefix_tuning.num_tokens", False
+
+    def check(self, config) -> None:
         m = config.model
-        if self.method == "prefix" and (m.local_window_size or m.positions.kind in
-                                        ("alibi", "t5_bias")):
+        if m.local_window_size or m.positions.kind in ("alibi", "t5_bias"):
             raise ConfigError("prefix tuning needs attention without a sliding window or a "
                               "position bias (model.local_window_size=0, positions.kind not "
                               "alibi/t5_bias)")
+
+    def init(self, trainer, rng, base):
+        return {"prefix": adapters.init_prefix(rng, trainer.config.prefix_tuning.num_tokens,
+                                               trainer.model_cfg)}
+
+    def model_params(self, trainer, params, frozen, rng):
+        return frozen["base"]
+
+    def model_inputs(self, trainer, params, frozen, rng, args, kwargs):
+        return (trainer.model, {"params": frozen["base"], "prefix": params["prefix"]}, args,
+                kwargs, 0)
+
+
+METHODS = {m.name: m for m in (Method(), Lora(), Prompt(), Prefix())}
+ADAPTER_SETTINGS = {m.setting: 0 for m in METHODS.values() if m.setting}  # all off: a plain run
+
+
+def method(config) -> str:
+    """'lora', 'prompt', 'prefix' or 'full' (every parameter trains): METHODS' keys."""
+    chosen = [m.name for m in METHODS.values() if m.setting and _setting(config, m.setting)]
+    if len(chosen) > 1:
+        raise ConfigError("choose one of " + ", ".join(ADAPTER_SETTINGS) + " (set: "
+                          + ", ".join(METHODS[c].setting for c in chosen) + ")")
+    return chosen[0] if chosen else "full"
+
+
+def _setting(config, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+class PostTrainer(Trainer):
+    """A Trainer whose state params are what trains and whose loss is `task`'s (post/stages.py
+    Task). It adds adapter management to the Trainer: the frozen base, the METHODS entry that
+    builds the trainable tree and the model's inputs; the forward pass is `Trainer.forward`.
+    `init_from` parameters (or, without train.init_from, a random model) become the base."""
+
+    def __init__(self, config, mesh, tokenizer, task: Task, log=print):
+        if not isinstance(task, Task):
+            raise TypeError(f"{type(task).__name__} is not a post/stages.py Task")
+        self.task, self.method = task, method(config)
+        self.adapter = METHODS[self.method]
+        self.adapter.check(config)
         if config.model.family != "decoder" or config.mesh.stage > 1:
             raise ConfigError("post-training runs decoder models (model.family=decoder) with "
                               "mesh.stage=1")
         self.vocab_size = config.model.vocab_size
         self.num_prompt = config.prompt_tuning.num_tokens
-        if m.positions.kind == "learned" and config.data.seq_len + self.num_prompt > \
-                m.max_seq_len:
-            raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
-                              f"{self.num_prompt} exceeds model.max_seq_len={m.max_seq_len}")
         super().__init__(config, mesh, tokenizer)   # its causal-LM objective passes rows on
         base_boxed = jax.eval_shape(super()._init_params, jax.random.PRNGKey(0))
         self.base_specs = nn.get_partition_spec(base_boxed)
@@ -67,9 +175,9 @@ class PostTrainer(Trainer):
             self.prompt_model = build_model(replace(
                 config, {"model.vocab_size": self.vocab_size + self.num_prompt}))
         base = self._load_base(log)
-        self.frozen = {} if self.method == "full" and not task.needs_reference else \
+        self.frozen = {} if self.adapter.trains_base and not task.needs_reference else \
             {"base": base}
-        self._initial_base = base if self.method == "full" else None
+        self._initial_base = base if self.adapter.trains_base else None
         frozen_shardings = {k: base_shardings for k in self.frozen}
         self._train_step = jax.jit(
             lambda state, frozen, batch: self._step(state, batch, frozen), donate_argnums=0,
@@ -93,35 +201,17 @@ class PostTrainer(Trainer):
     def _init_params(self, rng):
         """The trainable parameters, boxed with logical names (the optimizer sees only these)."""
         base = super()._init_params(rng)
-        if self.method == "lora":
-            shapes = {adapters.path_name(p): x.shape for p, x in
-                      jax.tree_util.tree_flatten_with_path(nn.unbox(base))[0]}
-            targets = adapters.lora_targets(nn.get_partition_spec(base),
-                                            self.config.lora.targets)
-            if not targets:
-                raise ConfigError(f"lora.targets={self.config.lora.targets!r} matches no kernel")
-            params = {"lora": adapters.init_lora(jax.random.fold_in(rng, 1), shapes, targets,
-                                                 self.config.lora.rank)}
-        elif self.method == "prompt":
-            params = {"prompt": adapters.init_soft_prompt(
-                jax.random.fold_in(rng, 1), self.num_prompt, self.model_cfg.d_model,
-                self.model_cfg.init_std)}
-        elif self.method == "prefix":
-            params = {"prefix": adapters.init_prefix(
-                jax.random.fold_in(rng, 1), self.config.prefix_tuning.num_tokens,
-                self.model_cfg)}
-        else:
-            params = base
+        params = self.adapter.init(self, jax.random.fold_in(rng, 1), base)
         head = self.task.init_head(jax.random.fold_in(rng, 2), self.model_cfg)
         if head is not None:
-            params = {"model": params, "head": head} if self.method == "full" else \
+            params = {"model": params, "head": head} if self.adapter.trains_base else \
                 {**params, "head": head}
         return params
 
     def init_state(self, seed: int | None = None):
         """Fresh adapters (or, fully fine-tuning, a copy of the base) and optimizer state."""
         state = super().init_state(seed)
-        if self.method != "full":
+        if not self.adapter.trains_base:
             return state
         model = jax.tree.map(lambda x: x.copy(), self._initial_base)  # state is donated
         params = {**state["params"], "model": model} if "head" in state["params"] else model
@@ -135,15 +225,7 @@ class PostTrainer(Trainer):
         """The decoder's parameters for trainable `params` (None: the frozen base itself)."""
         if params is None:
             return frozen["base"]
-        if self.method == "lora":
-            lora = self.config.lora
-            return adapters.apply_lora(frozen["base"], params["lora"], self.lora_targets,
-                                       lora.alpha / lora.rank, lora.dropout, rng)
-        if self.method == "prompt":
-            return adapters.with_soft_prompt(frozen["base"], params["prompt"])
-        if self.method == "prefix":
-            return frozen["base"]
-        return params["model"] if "head" in params else params
+        return self.adapter.model_params(self, params, frozen, rng)
 
     def merged(self, params, frozen=None):
         """The model's own parameter tree with the adapters folded in (export, generate; a
@@ -151,48 +233,35 @@ class PostTrainer(Trainer):
         return self.model_params(params, self.frozen if frozen is None else frozen)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, params, frozen, rng, tokens, positions=None, mask=None):
-        """(logits over the base vocabulary, final hidden states) of the policy (`params`) or
-        of the frozen reference (`params` None), on inputs (B, T)."""
-        variables = {"params": self.model_params(params, frozen, rng)}
-        if self.method == "prefix" and params is not None:
-            variables["prefix"] = params["prefix"]
-        rows, length = tokens.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-        if mask is None:
-            mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        mask = jnp.broadcast_to(mask, (rows, 1, length, length))
-        model = self.model
-        if self.num_prompt and params is not None:
-            tokens, positions, mask = self._prepend_prompt(tokens, positions, mask)
-            model = self.prompt_model
-        deterministic = self.model_cfg.dropout == 0.0 or rng is None
-        rngs = {"sample": jax.random.PRNGKey(0) if rng is None else jax.random.fold_in(rng, 1)}
-        if not deterministic:
-            rngs["dropout"] = rng
-        logits, sown = model.apply(
-            variables, tokens, positions, deterministic=deterministic, mask=mask, rngs=rngs,
-            mutable=["intermediates"], capture_intermediates=lambda m, _: m.name == "final_norm")
-        hidden = sown["intermediates"]["final_norm"]["__call__"][0]
-        skip = self.num_prompt if params is not None else 0
-        return logits[:, skip:, :self.vocab_size], hidden[:, skip:]
+    def forward(self, params, inputs, *, frozen=None, rng=None, train=None, **kwargs):
+        """`Trainer.forward` of the policy (`params`) or of the frozen reference (`params`
+        None): (logits over the base vocabulary, final hidden states, aux losses). `frozen`
+        defaults to this trainer's own (outside a jitted step only)."""
+        frozen = self.frozen if frozen is None else frozen
+        out, hidden, aux = super().forward(params, inputs, frozen=frozen, rng=rng, train=train,
+                                           **kwargs)
+        if self.num_prompt and params is not None and not kwargs.get("hidden"):
+            out = out[..., :self.vocab_size]
+        return out, hidden, aux
 
-    def _prepend_prompt(self, tokens, positions, mask):
-        """Soft-prompt ids first; every query sees them, they see only each other (causally)."""
-        p, (rows, length) = self.num_prompt, tokens.shape
-        ids = jnp.broadcast_to(self.vocab_size + jnp.arange(p), (rows, p))
-        tokens = jnp.concatenate([ids, tokens], axis=1)
-        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (rows, p)),
-                                     positions + p], axis=1)
-        prompt_rows = jnp.broadcast_to(jnp.tril(jnp.ones((p, p), bool)), (rows, 1, p, p))
-        top = jnp.concatenate([prompt_rows, jnp.zeros((rows, 1, p, length), bool)], axis=3)
-        bottom = jnp.concatenate([jnp.ones((rows, 1, length, p), bool), mask], axis=3)
-        return tokens, positions, jnp.concatenate([top, bottom], axis=2)
+    def model_inputs(self, params, frozen, rng, args, kwargs):
+        if params is None:
+            return self.model, {"params": frozen["base"]}, args, kwargs, 0
+        return self.adapter.model_inputs(self, params, frozen, rng, args, kwargs)
 
     # ---------------------------------------------------------------- steps
     def loss(self, params, batch, rng, frozen=None):
         return self.task.loss(self, params, frozen, batch, rng)
+
+    def step_work(self) -> tuple[int, float]:
+        """(tokens, model FLOPs) per step: the task's rows (a pair stage trains 2 rows per
+        pair) of seq_len (plus a soft prompt), trained; and, when the task needs the reference
+        (DPO), the same rows once more through the frozen model, forward only (a third of
+        training's FLOPs)."""
+        rows = self.config.train.batch_size * self.task.rows_per_example
+        trained = rows * (self.seq_len + self.num_prompt)
+        reference = rows * self.seq_len if self.task.needs_reference else 0
+        return trained + reference, (trained + reference / 3) * self.flops_per_token
 
     def train_step(self, state, batch):
         return self.in_mesh(self._train_step)(state, self.frozen, batch)

@@ -107,7 +107,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
         f"mesh {dict(trainer.mesh.shape)}, {about_data}")
 
     writer = MetricsWriter(run_dir, resume_step=start)
-    tokens_per_step = tc.batch_size * config.data.seq_len
+    tokens_per_step, flops_per_step = trainer.step_work()  # pair stages: 2 rows, DPO: + ref
     peak = peak_flops_per_device(tc.peak_flops) * trainer.mesh.size
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, desc="train")
@@ -130,9 +130,9 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
                 if timer_steps:
                     tps = timer_steps * tokens_per_step / elapsed
                     metrics["tokens_per_sec"] = tps
-                    metrics["model_flops_per_sec"] = tps * trainer.flops_per_token
+                    metrics["model_flops_per_sec"] = tps * flops_per_step / tokens_per_step
                     if peak:
-                        metrics["mfu"] = tps * trainer.flops_per_token / peak
+                        metrics["mfu"] = tps * flops_per_step / tokens_per_step / peak
                     timer_start, timer_steps = time.perf_counter(), 0
                 metrics["tokens"] = step * tokens_per_step
                 if not np.isfinite(metrics["loss"]):

@@ -137,16 +137,42 @@ class Trainer:
         return self._init(jax.random.PRNGKey(seed))
 
     # ---------------------------------------------------------------- steps
-    def _apply(self, params, rng, *args, **kwargs):
-        """The model on one batch: (outputs, the sum of the auxiliary losses its layers sowed,
-        e.g. MoE router losses). rng None (evaluation): no dropout, fixed sampling key."""
-        deterministic = self.model_cfg.dropout == 0.0 or rng is None
+    def forward(self, params, inputs, *, frozen=None, rng=None, train=None, **kwargs):
+        """The model on one batch, for every stage: (outputs, final hidden states, aux).
+
+        `inputs`: token ids (B, T), or a tuple of the model's positional inputs; `kwargs`: its
+        keyword inputs (positions, mask, segments, hidden). `params` is what trains; `frozen`
+        what does not (post/: a frozen base), unused here. `train` (default: rng given) turns
+        dropout on; without it sampling uses a fixed key. `aux` is the sum of the auxiliary
+        losses the layers sowed (MoE router losses); the hidden states are the decoder's
+        `final_norm` output (None for other families)."""
+        train = rng is not None if train is None else train
+        model, variables, args, kwargs, skip = self.model_inputs(
+            params, frozen, rng if train else None,
+            inputs if isinstance(inputs, tuple) else (inputs,), kwargs)
+        deterministic = self.model_cfg.dropout == 0.0 or not train
         rngs = {"sample": jax.random.PRNGKey(0) if rng is None else jax.random.fold_in(rng, 1)}
         if not deterministic:
             rngs["dropout"] = rng
-        out, sown = self.model.apply({"params": params}, *args, deterministic=deterministic,
-                                     rngs=rngs, mutable=["intermediates"], **kwargs)
-        aux = sum(jnp.sum(x) for x in jax.tree.leaves(sown.get("intermediates", {})))
+        out, sown = model.apply(variables, *args, deterministic=deterministic, rngs=rngs,
+                                mutable=["intermediates"], capture_intermediates=_final_norm,
+                                **kwargs)
+        sown = dict(sown.get("intermediates", {}))
+        captured = sown.pop("final_norm", None)  # captured, not sown: not a loss
+        hidden = None if captured is None else captured["__call__"][0][:, skip:]
+        aux = sum((jnp.sum(x) for x in jax.tree.leaves(sown)), jnp.zeros((), jnp.float32))
+        if skip:
+            out = out[:, skip:]
+        return out, hidden, aux
+
+    def model_inputs(self, params, frozen, rng, args, kwargs):
+        """(module, variables, args, kwargs, leading positions to cut from the outputs) for
+        `forward`; post/trainer.py adds adapters here."""
+        return self.model, {"params": params}, args, kwargs, 0
+
+    def _apply(self, params, rng, *args, **kwargs):
+        """`forward` as the objectives call it: (outputs, aux)."""
+        out, _, aux = self.forward(params, args, rng=rng, **kwargs)
         return out, aux
 
     def loss(self, params, batch, rng, frozen=None):
@@ -204,6 +230,12 @@ class Trainer:
         return call
 
     # ---------------------------------------------------------------- public
+    def step_work(self) -> tuple[int, float]:
+        """(tokens, model FLOPs) one train step really processes: tokens/s and MFU use these.
+        Pre-training: batch_size windows of seq_len, each trained (forward + backward)."""
+        tokens = self.config.train.batch_size * self.seq_len
+        return tokens, tokens * self.flops_per_token
+
     def put_batch(self, local_rows: np.ndarray, step: int = 0) -> jax.Array:
         """This process's rows (rows, seq_len + 1) -> a global (grad_accum, micro, seq_len + 1)
         array sharded over the batch axes (for objectives other than causal LM, a dict of such
@@ -261,6 +293,11 @@ class Trainer:
         index = np.resize(np.broadcast_to(np.asarray(index, np.int32), (rows,)), (padded_rows,))
         logits = self.in_mesh(self._logits)(params, jnp.asarray(padded), jnp.asarray(index))
         return np.asarray(logits)[:rows]
+
+
+def _final_norm(module, method_name) -> bool:
+    """capture_intermediates filter: the top-level final norm (the decoder's last hidden states)."""
+    return module.scope is not None and tuple(module.scope.path) == ("final_norm",)
 
 
 def _shardings_like_params(opt_state, abstract_params, param_shardings, default):
