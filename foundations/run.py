@@ -5,7 +5,9 @@ orbax partial restore of the saved training state), so no optimizer state is bui
 `write_run` writes a run that holds parameters only (convert, merge). A directory has one
 writer at a time: `writing(run_dir)` holds an fcntl lock on RUN/.lock naming its holder, and a
 second writer is refused before it writes anything. `check_resumable` is the policy for which
-settings a resumed run may change. Resuming training itself lives in train/.
+settings a resumed run may change (a moved tokenizer is compared by tokenizers.same_tokenizer,
+as prepared shards are). Resuming training itself lives in train/; this module imports nothing
+from train/.
 """
 
 from __future__ import annotations
@@ -306,8 +308,21 @@ class RunLock:
 @contextlib.contextmanager
 def writing(run_dir: str | Path, log=print):
     """Holds run_dir's writer lock for the block (on process 0 only in a multi-host run); a
-    RunInUse error naming the holder when another live process has it."""
-    lock = RunLock(run_dir, log) if jax.process_index() == 0 else None
+    RunInUse error naming the holder when another live process has it (on every process of a
+    multi-host run, so that none goes on alone)."""
+    lock, refused = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = RunLock(run_dir, log)
+        except RunInUse as e:
+            refused = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        if multihost_utils.broadcast_one_to_all(np.int32(refused is not None)) and not refused:
+            refused = RunInUse(f"run directory {run_dir} is in use (process 0 found its lock "
+                               "held)")
+    if refused is not None:
+        raise refused
     try:
         yield lock
     finally:
