@@ -22,6 +22,8 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from foundations.config import (Config, ConfigError, flat_settings, load_config, replace,
-                                save_config)
+from foundations.config import (CheckpointError, Config, ConfigError, flat_settings,
+                                load_config, replace, save_config)
 from foundations.tokenizers import same_tokenizer
 
 CONFIG = "config.yaml"
@@ -161,10 +163,20 @@ def restore_params(run_dir: str | Path, step: int, wanted):
     """The parameters of checkpoint `step`, restored onto the shardings of `wanted` (a tree of
     ShapeDtypeStructs); nothing else of the saved state is read."""
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
+    path = Path(run_dir) / CHECKPOINTS / str(step)
     with _manager(Path(run_dir)) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": wanted}, restore_args={"params": restore_args},
-            partial_restore=True)))
+        try:
+            with quiet_failures():
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item={"params": wanted},
+                                                 restore_args={"params": restore_args},
+                                                 partial_restore=True)))
+        except Exception as e:  # orbax raises many types; name the checkpoint and the cause
+            earlier = [n for n in manager.all_steps() if n < step]
+            advice = (f"move it aside to resume from step {max(earlier)}" if earlier
+                      else "move it aside to start afresh")
+            raise CheckpointError(f"cannot restore checkpoint {path} ({short_cause(e)}); it is "
+                                  f"left in place: {advice}") from e
     return restored["state"]["params"]
 
 
@@ -221,6 +233,44 @@ def write_run(run_dir: str | Path, config: Config, params, step: int = 0) -> Pat
     save_config(config, run_dir / CONFIG)
     keep_tokenizer(config, run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def quiet_failures(settle_s: float = 0.3, limit_s: float = 5.0):
+    """Holds back what is written to stderr (fd 2) inside the block; replays it if the block
+    succeeds. A damaged checkpoint fails many of orbax's parallel reads, and each failing read
+    prints a page of traceback from a background thread (asyncio's log, tensorstore's callbacks
+    into a closed event loop), burying the one error that matters. On failure this waits until
+    those threads fall silent (settle_s without output, limit_s at most), then drops their
+    output; the exception itself propagates."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            deadline, size = time.monotonic() + limit_s, -1
+            while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
+                size = os.fstat(held.fileno()).st_size
+                time.sleep(settle_s)
+            raise
+        else:
+            sys.stderr.flush()
+            held.seek(0)
+            os.write(saved, held.read())
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def short_cause(error: Exception, limit: int = 240) -> str:
+    """The first line of an orbax/tensorstore error without the JSON spec it appends."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    text = text.split(" [tensorstore_spec")[0]
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(error).__name__}: {text}"
 
 
 # ------------------------------------------------------------------ one writer
