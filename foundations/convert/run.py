@@ -35,8 +35,8 @@ def hf_tokenizer(directory: Path):
 
 def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | None = None) -> dict:
     """Converts a transformers directory (+ a PEFT adapter, merged) into a run directory."""
+    import jax
     from foundations.convert import from_hf
-    from foundations.models.flops import param_counts
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds checkpoints; choose a new --run-dir")
@@ -54,7 +54,7 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | Non
                     and path.name != "model.safetensors.index.json":
                 shutil.copy2(path, keep / path.name)
     return {"family": config.model.family,
-            "parameters": param_counts(config.model, config.objective).total,
+            "parameters": sum(x.size for x in jax.tree.leaves(params["params"])),
             "tokenizer": tokenizer.kind}
 
 
