@@ -21,7 +21,7 @@ def _train(args) -> None:
     if distributed.initialize(config.distributed):  # before anything else touches JAX
         print(distributed.describe(), flush=True)
     import jax
-    from foundations.train.loop import train
+    from foundations.train import train
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     summary = train(config, run_dir, progress=not args.no_progress)
     if jax.process_index() != 0:
@@ -40,18 +40,18 @@ def _train(args) -> None:
 def _eval(args) -> None:
     from foundations.config import ConfigError
     from foundations.data.pipeline import expand_files, tokenize_files
-    from foundations.train.loop import load_run
-    from foundations.train.score import score_text
-    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
-    tokens, n_bytes = tokenize_files(expand_files(args.files), tokenizer)
+    from foundations.run import load_run
+    from foundations.train.score import score_run
+    run = load_run(args.run_dir, args.overrides)
+    tokens, n_bytes = tokenize_files(expand_files(args.files), run.tokenizer)
     names = ", ".join(args.files)
     try:
-        result = score_text(trainer, state["params"], tokens, n_bytes / len(tokens),
-                            args.batch_size or config.train.batch_size, args.stride,
-                            args.max_batches)
+        result = score_run(run, tokens, n_bytes / len(tokens),
+                           args.batch_size or run.config.train.batch_size, args.stride,
+                           args.max_batches)
     except ConfigError as e:
         raise ConfigError(f"{names}: {e}") from None
-    step = int(state["step"])
+    step = run.step
     if "ppl" not in result:   # BERT: the masked-LM loss of the masked tokens
         print(f"{names} at step {step}: masked-LM loss {result['loss']:.4f} over "
               f"{result['tokens']} masked tokens")

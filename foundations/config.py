@@ -737,23 +737,3 @@ def describe_keys() -> str:
     walk(Config, "")
     return "\n".join(lines)
 
-
-# Settings a resumed run may change: they do not alter what the checkpoint's arrays mean.
-RESUMABLE_MODEL_KEYS = ("model.attention_impl", "model.dtype", "model.remat", "model.dropout",
-                        "model.scan_unroll", "model.moe.dispatch")
-
-
-def changed_settings(saved: Config, config: Config) -> list[tuple[str, Any, Any]]:
-    """(dotted key, saved value, new value) for every setting in which `config` differs from
-    `saved` (a run's config.yaml, loaded with load_config)."""
-    old, new = flat_settings(saved), flat_settings(config)
-    return [(key, old.get(key), value) for key, value in new.items() if old.get(key) != value]
-
-
-def incompatible_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    """The changes that make a run's checkpoints meaningless for the new config: the model's
-    shape and family, the tokenizer and the objective."""
-    def refused(name: str) -> bool:
-        return ((name.startswith("model.") and name not in RESUMABLE_MODEL_KEYS)
-                or name in ("data.tokenizer", "objective.kind"))
-    return [change for change in changes if refused(change[0])]

@@ -6,7 +6,8 @@ import pytest
 
 from foundations.config import CheckpointConfig
 from foundations.train.checkpoint import CheckpointError, checkpoint_manager, save
-from foundations.train.loop import load_run, train
+from foundations.run import load_run
+from foundations.train.loop import train
 from foundations.train.metrics import read_metrics
 
 
@@ -34,9 +35,9 @@ def test_resume_reaches_exactly_the_uninterrupted_run(uninterrupted, tiny_config
     assert summary["step"] == 6
     resumed, straight = losses_by_step(tmp_path), losses_by_step(straight_dir)
     assert resumed == straight  # bit-identical losses at every step, 1..6
-    *_, state_a = load_run(straight_dir)
-    *_, state_b = load_run(tmp_path)
-    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    run_a, run_b = load_run(straight_dir), load_run(tmp_path)
+    assert run_a.step == run_b.step == 6
+    for a, b in zip(jax.tree.leaves(run_a.params), jax.tree.leaves(run_b.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -90,7 +91,7 @@ def test_resuming_with_another_model_is_refused_and_keeps_the_run(uninterrupted,
     import shutil
 
     from foundations.config import ConfigError, load_config
-    from foundations.train.loop import check_resumable
+    from foundations.run import check_resumable
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted[1], run_dir)
     saved = (run_dir / "config.yaml").read_text()
@@ -133,5 +134,5 @@ def test_a_run_keeps_its_tokenizer_and_needs_no_training_text(tiny_config, corpu
     # eval and generate need neither the tokenizer's own directory nor the training text
     shutil.rmtree(moved)
     text.unlink()
-    _, tokenizer, _, state = load_run(run_dir)
-    assert tokenizer.vocab_size == 300 and int(state["step"]) == 3
+    run = load_run(run_dir)
+    assert run.tokenizer.vocab_size == 300 and run.step == 3

@@ -143,14 +143,15 @@ def test_a_config_of_the_previous_release_still_loads():
 
 def test_an_old_run_directory_resumes_and_evaluates(tiny_config, corpus, tmp_path):
     """A run directory whose config.yaml is in the old layout: eval reads it, train resumes."""
-    from foundations.train.loop import load_run, train
+    from foundations.run import load_run
+    from foundations.train.loop import train
     same_model = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
                   "model.positions.theta=5000", "model.num_kv_heads=2", "model.use_bias=false",
                   "model.tie_embeddings=false"]
     train(tiny_config(*same_model, "train.steps=3"), tmp_path, progress=False)
     (tmp_path / "config.yaml").write_text((DATA / "old_release_config.yaml").read_text())
-    config, _, _, state = load_run(tmp_path)
-    assert int(state["step"]) == 3 and config.model.positions.theta == 5000.0
+    run = load_run(tmp_path)
+    assert run.step == 3 and run.config.model.positions.theta == 5000.0
     summary = train(tiny_config(*same_model), tmp_path, progress=False)
     assert summary["step"] == 6
 

@@ -6,7 +6,8 @@ import pytest
 
 from foundations.config import ConfigError
 from foundations.parallel.mesh import make_mesh
-from foundations.train.loop import build, load_run, train
+from foundations.run import load_run
+from foundations.train.loop import build, make_trainer, train
 from foundations.train.warm_start import params_from_run
 
 ROPE = ["model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
@@ -34,10 +35,11 @@ def test_a_new_run_starts_from_the_other_runs_parameters_on_another_mesh(source,
     _, trainer = build(config)
     params = params_from_run(src_dir, None, trainer)
     assert len(jax.tree.leaves(params)[0].sharding.device_set) == 8
-    _, _, src_trainer, src_state = load_run(src_dir)
+    src = load_run(src_dir)
+    src_trainer = make_trainer(src.config, src.tokenizer, src.mesh)
     tokens = np.arange(64).reshape(2, 32) % 250
     np.testing.assert_allclose(trainer.next_token_logits(params, tokens, 31),
-                               src_trainer.next_token_logits(src_state["params"], tokens, 31),
+                               src_trainer.next_token_logits(src.params, tokens, 31),
                                atol=1e-5)
     assert int(trainer.init_state()["step"]) == 0
 
@@ -50,8 +52,7 @@ def test_shape_keeping_changes_are_allowed(source, tiny_config):
                          "model.dropout=0.1", f"train.init_from={src_dir}", "train.init_step=3")
     _, trainer = build(config, make_mesh(config.mesh, jax.devices()[:1]))
     params = params_from_run(src_dir, 3, trainer)
-    _, _, _, src_state = load_run(src_dir)
-    for new, old in zip(jax.tree.leaves(params), jax.tree.leaves(src_state["params"])):
+    for new, old in zip(jax.tree.leaves(params), jax.tree.leaves(load_run(src_dir).params)):
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
 
 

@@ -15,7 +15,8 @@ from foundations.post.stages import Stage
 from foundations.post.synthetic import write_addition
 from foundations.post.merge import merge_run
 from foundations.train import checkpoint
-from foundations.train.loop import load_run, train
+from foundations.run import load_run
+from foundations.train.loop import train
 
 LORA = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=48",
         "model.norm=rmsnorm", "model.mlp=swiglu", "model.positions.kind=rope",
@@ -107,14 +108,14 @@ def test_only_adapters_train_and_are_checkpointed(built, tmp_path):
 
     # merge: an ordinary run whose model gives the adapter model's logits
     merge_run(tmp_path / "lora", tmp_path / "merged")
-    _, _, plain, merged_state = load_run(tmp_path / "merged")
+    merged = load_run(tmp_path / "merged")
     trainer, _, _, _ = stage.build(config, mesh)
     lora_state = checkpoint.restore(checkpoint.checkpoint_manager(tmp_path / "lora",
                                                                   config.checkpoint),
                                     3, trainer.abstract_state)
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:4, :-1])
     adapted, _, _ = trainer.forward(lora_state["params"], tokens, frozen=trainer.frozen)
-    folded = plain.plain_model.apply({"params": merged_state["params"]}, tokens)
+    folded = merged.model.apply({"params": merged.params}, tokens)
     np.testing.assert_allclose(np.asarray(folded), np.asarray(adapted), atol=1e-5, rtol=1e-5)
     base, _, _ = trainer.forward(None, tokens, frozen=trainer.frozen)
     assert not np.allclose(np.asarray(base), np.asarray(adapted), atol=1e-4)

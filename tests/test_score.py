@@ -10,8 +10,9 @@ import pytest
 from foundations.cli import main
 from foundations.config import ConfigError
 from foundations.convert import from_hf
-from foundations.train.loop import load_run, make_trainer
-from foundations.train.score import TextScorer, score_text, sliding_windows
+from foundations.run import load_run
+from foundations.train.loop import make_trainer
+from foundations.train.score import TextScorer, score_run, score_text, sliding_windows
 
 DATA = Path(__file__).parent / "data" / "hf"
 SEQ_LEN = 16
@@ -29,8 +30,8 @@ def runs(tmp_path_factory):
 
 
 def scored(run, tokens, stride, batch_size=4):
-    _, _, trainer, state = load_run(run, [f"data.seq_len={SEQ_LEN}"])
-    return score_text(trainer, state["params"], tokens, 1.0, batch_size, stride)
+    return score_run(load_run(run, [f"data.seq_len={SEQ_LEN}"]), tokens, 1.0, batch_size,
+                     stride)
 
 
 def nll(logits, targets) -> np.ndarray:
@@ -99,7 +100,8 @@ def test_t5_encoder_reads_the_context_and_decoder_predicts_the_rest(runs):
 
 def test_bert_masked_lm_loss_by_hand(runs):
     run, model, params = runs["bert"]
-    _, _, trainer, state = load_run(run, [f"data.seq_len={SEQ_LEN}"])
+    loaded = load_run(run, [f"data.seq_len={SEQ_LEN}"])
+    trainer = make_trainer(loaded.config, loaded.tokenizer, loaded.mesh)
     scorer = TextScorer(trainer)
     size = SEQ_LEN - 2   # [CLS] window [SEP]
     tokens = np.random.default_rng(2).integers(5, 140, 2 * size).astype(np.int32)
@@ -111,7 +113,7 @@ def test_bert_masked_lm_loss_by_hand(runs):
         row = np.concatenate([[ids["cls"]], inputs, [ids["sep"]]])[None]
         logits = np.asarray(model.apply(params, row, token_type_ids=np.zeros_like(row)))[0]
         by_hand.extend(nll(logits[1:-1], tokens[window])[selected[window]])
-    result = score_text(trainer, state["params"], tokens, 1.0, 2)
+    result = score_text(trainer, loaded.params, tokens, 1.0, 2)
     assert result["tokens"] == selected.sum() == len(by_hand) > 0
     np.testing.assert_allclose(result["loss"], np.mean(by_hand), rtol=1e-5)
     assert "ppl" not in result

@@ -1,8 +1,8 @@
 """Run directories from Hugging Face directories and back (`foundations convert`).
 
-`hf_to_run` writes what `foundations train` leaves behind: an Orbax checkpoint of the training
-state (the converted parameters, a fresh optimizer state, step 0), the resolved config.yaml and
-tokenizer/, so that `eval`, `generate` and `train.init_from` use it like any run. hf/ keeps the
+`hf_to_run` writes a run directory (run.py `write_run`: a checkpoint of the converted parameters
+at step 0, the resolved config.yaml and tokenizer/), so that `eval`, `generate` and
+`train.init_from` use it like any run. hf/ keeps the
 HF directory's small files (config.json, tokenizer and generation files) so that `run_to_hf`
 writes them back unchanged.
 """
@@ -13,7 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from foundations.config import ConfigError, save_config
+from foundations.config import ConfigError
+from foundations.run import RUN_TOKENIZER, load_run, write_run, writing
 
 HF_FILES = "hf"                      # a run's copy of the HF directory's non-weight files
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".npz")
@@ -36,45 +37,36 @@ def hf_to_run(hf_dir: str | Path, run_dir: str | Path, adapter: str | Path | Non
     """Converts a transformers directory (+ a PEFT adapter, merged) into a run directory."""
     import jax
     from foundations.convert import from_hf
-    from foundations.parallel.mesh import make_mesh
-    from foundations.train import checkpoint
-    from foundations.train.loop import RUN_TOKENIZER, make_trainer
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds checkpoints; choose a new --run-dir")
-    tokenizer = hf_tokenizer(hf_dir)
-    spec = str(run_dir / RUN_TOKENIZER)
-    tokenizer.save(spec)
-    model, params = from_hf(hf_dir, adapter=adapter, tokenizer=spec)
-    config = model.config
-    trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, jax.devices()[:1]))
-    state = trainer.init_state()
-    state["params"] = jax.device_put(params["params"], trainer.state_shardings["params"])
-    manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
-    checkpoint.save(manager, 0, state)
-    manager.wait_until_finished()
-    manager.close()
-    save_config(config, run_dir / "config.yaml")
-    keep = run_dir / HF_FILES
-    keep.mkdir(exist_ok=True)
-    for path in hf_dir.iterdir():
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) \
-                and path.name != "model.safetensors.index.json":
-            shutil.copy2(path, keep / path.name)
-    return {"family": config.model.family, "parameters": trainer.counts.total,
+    tokenizer = hf_tokenizer(hf_dir)   # refused before anything is written
+    with writing(run_dir):
+        spec = str(run_dir / RUN_TOKENIZER)
+        tokenizer.save(spec)
+        model, params = from_hf(hf_dir, adapter=adapter, tokenizer=spec)
+        config = model.config
+        write_run(run_dir, config, params["params"], step=0)
+        keep = run_dir / HF_FILES
+        keep.mkdir(exist_ok=True)
+        for path in hf_dir.iterdir():
+            if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) \
+                    and path.name != "model.safetensors.index.json":
+                shutil.copy2(path, keep / path.name)
+    return {"family": config.model.family,
+            "parameters": sum(x.size for x in jax.tree.leaves(params["params"])),
             "tokenizer": tokenizer.kind}
 
 
 def run_to_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Writes a run's latest parameters as a transformers directory (+ its kept HF files)."""
     from foundations.convert import HFModel, to_hf
-    from foundations.train.loop import RUN_TOKENIZER, load_run
     run_dir, out = Path(run_dir), Path(out_dir)
-    config, tokenizer, trainer, state = load_run(run_dir)
+    run = load_run(run_dir)
     keep = run_dir / HF_FILES
     original = json.loads((keep / "config.json").read_text()) \
         if (keep / "config.json").is_file() else None
-    to_hf(HFModel(config, original), {"params": state["params"]}, out)
+    to_hf(HFModel(run.config, original), {"params": run.params}, out)
     if keep.is_dir():
         for path in keep.iterdir():
             if path.name != "config.json":

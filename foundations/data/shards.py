@@ -8,8 +8,6 @@ every shard is there, whole, and made with the configured tokenizer.
 
 from __future__ import annotations
 
-import filecmp
-import json
 from pathlib import Path
 
 import grain
@@ -17,6 +15,7 @@ import numpy as np
 
 from foundations.config import ConfigError, DataConfig
 from foundations.data.prepare import MANIFEST, TOKENIZER_DIR, read_manifest
+from foundations.tokenizers import same_tokenizer
 
 
 class ShardTokens:
@@ -102,13 +101,7 @@ def open_manifest(directory: Path) -> dict:
 def check_tokenizer(spec: str, directory: Path) -> None:
     """data.tokenizer must be the tokenizer the shards were made with (their copy of it)."""
     kept = directory / TOKENIZER_DIR
-    if spec == "byte":
-        same = json.loads((kept / "tokenizer.json").read_text()).get("kind") == "byte"
-    else:
-        names = sorted(p.name for p in kept.iterdir())
-        same = Path(spec).is_dir() and not any(filecmp.cmpfiles(spec, kept, names,
-                                                                shallow=False)[1:])
-    if not same:
+    if not same_tokenizer(spec, kept):
         raise ConfigError(f"data.tokenizer={spec!r} is not the tokenizer {directory} was "
                           f"prepared with; set data.tokenizer={kept}")
 

@@ -26,31 +26,26 @@ def generate_command(args) -> None:
         raise ConfigError("--num-beams > 1 searches, it does not sample: leave --temperature, "
                           "--top-k, --top-p and --min-p off")
     sampling.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
-    from pathlib import Path
-
-    from foundations.config import load_config
     from foundations.inference.text import generate_text
-    from foundations.train.loop import context_length, load_run
-    saved = Path(args.run_dir) / "config.yaml"
-    run = load_config(saved) if saved.is_file() else None  # refused before the restore
-    if run is not None and run.model.family == "encoder":
+    from foundations.run import context_length, load_run, read_config
+    saved = read_config(args.run_dir, args.overrides)  # refused before the restore
+    if saved.model.family == "encoder":
         raise ConfigError(f"{args.run_dir} is a model.family=encoder run (objective.kind="
-                          f"{run.objective.kind}): it has no generative head; generate runs "
+                          f"{saved.objective.kind}): it has no generative head; generate runs "
                           "decoder and encdec runs (eval scores encoders)")
     # mesh.* overrides: restored onto that mesh and generated sharded, as training shards
     on_mesh = any(o.split("=")[0].strip().startswith("mesh.") for o in args.overrides)
-    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides,
-                                                 single_device=not on_mesh)
+    run = load_run(args.run_dir, args.overrides, single_device=not on_mesh)
     if on_mesh:
-        sampling["mesh"] = trainer.mesh
-    decoder = config.model.family == "decoder"
+        sampling["mesh"] = run.mesh
+    decoder = run.config.model.family == "decoder"
     for i in range(args.num_samples):
         if decoder:
             print(args.prompt, end="", flush=True)
         arrivals = []   # when each token came
         start = time.perf_counter()
-        generate_text(trainer.plain_model, state["params"], tokenizer, args.prompt,
-                      args.max_new_tokens, context_length(config),
+        generate_text(run.model, run.params, run.tokenizer, args.prompt,
+                      args.max_new_tokens, context_length(run.config),
                       on_text=lambda piece: print(piece, end="", flush=True),
                       on_token=lambda _: arrivals.append(time.perf_counter()),
                       seed=args.seed + i, **sampling)

@@ -19,7 +19,7 @@ def _stage(args) -> None:
     import jax
     from foundations.post.stages import Stage
     from foundations.train.evaluate import describe
-    from foundations.train.loop import log, train
+    from foundations.train import log, train
     run_dir = Path(args.run_dir or Path("runs") / f"{Path(args.config).stem}_{args.command}")
     summary = train(config, run_dir, progress=not args.no_progress, stage=Stage(args.command, log))
     if jax.process_index() == 0:

@@ -34,10 +34,10 @@ def answer_accuracy(model, params, tokenizer, examples: list[dict], template: st
 
 def run_accuracy(run_dir, examples_file: str, limit: int = 0) -> float:
     """answer_accuracy of a run directory (a full fine-tune or a merged LoRA run)."""
-    from foundations.train.loop import load_run
-    config, tokenizer, trainer, state = load_run(run_dir)
+    from foundations.run import load_run
+    run = load_run(run_dir)
     examples = read_jsonl(examples_file, ("prompt", "response"))
     if limit:
         examples = examples[:limit]
-    return answer_accuracy(trainer.plain_model, state["params"], tokenizer, examples,
-                           config.sft.template)
+    return answer_accuracy(run.model, run.params, run.tokenizer, examples,
+                           run.config.sft.template)

@@ -1,7 +1,7 @@
 """The post-training stages on the shared training loop: SFT, reward model, DPO.
 
 Each stage is a task (its batches, its loss, its metrics) trained by `PostTrainer` through
-`foundations.train.loop.train(..., stage=Stage(kind))`, so checkpoints, resuming, pre-emption,
+`foundations.train.train(..., stage=Stage(kind))`, so checkpoints, resuming, pre-emption,
 logging and evaluation are the pre-training loop's own.
   sft:    cross-entropy on the response tokens of packed (prompt, response) examples.
   reward: a scalar head on the last hidden state, Bradley-Terry loss -log sigmoid(r_c - r_r).

@@ -40,14 +40,14 @@ def rag_command(args) -> None:
     for passage, score in retrieved:
         print(f"[{score:.3f}] {passage.name}: {' '.join(passage.text.split())}")
     from foundations.inference.text import generate_text
-    from foundations.train.loop import context_length, load_run
-    config, tokenizer, trainer, state = load_run(args.run_dir, args.overrides)
-    if config.model.family != "decoder":
-        raise ConfigError(f"{args.run_dir} is a model.family={config.model.family} run; rag "
-                          "answers with a decoder run")
+    from foundations.run import context_length, load_run
+    run = load_run(args.run_dir, args.overrides)
+    if run.config.model.family != "decoder":
+        raise ConfigError(f"{args.run_dir} is a model.family={run.config.model.family} run; "
+                          "rag answers with a decoder run")
     prompt = rag_prompt(args.question, [p for p, _ in retrieved])
-    answer = generate_text(trainer.plain_model, state["params"], tokenizer, prompt,
-                           args.max_new_tokens, context_length(config),
+    answer = generate_text(run.model, run.params, run.tokenizer, prompt,
+                           args.max_new_tokens, context_length(run.config),
                            temperature=args.temperature, seed=args.seed)
     print(f"answer: {answer.strip().splitlines()[0] if answer.strip() else ''}")
 
@@ -130,7 +130,7 @@ def prompt_eval_command(args) -> None:
 
     from foundations.config import ConfigError
     from foundations.prompting.tasks import addition_examples, evaluate_addition
-    from foundations.train.loop import load_run
+    from foundations.run import load_run
     if args.samples < 1 or args.temperature <= 0:
         raise ConfigError("--samples must be >= 1 and --temperature > 0 (self-consistency "
                           "samples)")
@@ -139,9 +139,9 @@ def prompt_eval_command(args) -> None:
     pool = addition_examples(1000, args.digits, args.seed + 1000)
     questions = [q for q in addition_examples(4 * args.count, args.digits, args.seed)
                  if template.solved.format(**q._asdict()) not in seen][:args.count]
-    config, tokenizer, trainer, state = load_run(args.run_dir)
+    run = load_run(args.run_dir)
     tokens = 8 if not args.chain_of_thought else 24 + 12 * args.digits
-    result = evaluate_addition(trainer.plain_model, state["params"], tokenizer, questions, pool,
+    result = evaluate_addition(run.model, run.params, run.tokenizer, questions, pool,
                                args.shots, args.samples, args.temperature, template, args.seed,
                                max_new_tokens=tokens)
     print(json.dumps(result))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foundations.config import ConfigError, load_config
+from foundations.config import ConfigError
+from foundations.run import load_run, read_config
 
 
 def perplexity_at(run_dir: str | Path, files: list[str], length: int, batch_size: int = 8,
@@ -18,26 +19,21 @@ def perplexity_at(run_dir: str | Path, files: list[str], length: int, batch_size
     """The validation perplexity of run_dir's latest checkpoint on `files`, read in windows of
     `length` tokens (its RoPE positions run to length - 1)."""
     from foundations.data.pipeline import expand_files, tokenize_files
-    from foundations.train.loop import load_run
-    from foundations.train.score import score_text
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    model = load_config(saved, list(overrides)).model
+    from foundations.train.score import score_run
+    model = read_config(run_dir, overrides).model
     if model.positions.kind == "learned" and length > model.max_seq_len:
         raise ConfigError(f"{run_dir}: a learned position table of model.max_seq_len="
                           f"{model.max_seq_len} cannot read {length} tokens")
     longest = max(length, model.max_seq_len)
-    config, tokenizer, trainer, state = load_run(
-        run_dir, [*overrides, f"data.seq_len={length}", f"model.max_seq_len={longest}"])
-    tokens, n_bytes = tokenize_files(expand_files(files), tokenizer)
+    run = load_run(run_dir, [*overrides, f"data.seq_len={length}",
+                             f"model.max_seq_len={longest}"])
+    tokens, n_bytes = tokenize_files(expand_files(files), run.tokenizer)
     try:   # windows side by side, as `foundations eval` scores a text
-        result = score_text(trainer, state["params"], tokens, n_bytes / len(tokens),
-                            batch_size, length, max_batches)
+        result = score_run(run, tokens, n_bytes / len(tokens), batch_size, length, max_batches)
     except ConfigError as e:
         raise ConfigError(f"{', '.join(files)}: {e}") from None
     if "ppl" not in result:
-        raise ConfigError(f"{run_dir}: objective.kind={config.objective.kind} reports no "
+        raise ConfigError(f"{run_dir}: objective.kind={run.config.objective.kind} reports no "
                           "perplexity")
     return result["ppl"]
 

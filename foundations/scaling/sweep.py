@@ -61,7 +61,7 @@ def run_sweep(sweep_file, out_dir, overrides=(), shard: tuple[int, int] = (0, 1)
     stand for an interruption)."""
     from foundations.data.pipeline import load_text_data
     from foundations.scaling.probe import next_word_probe
-    from foundations.train.loop import log, train
+    from foundations.train import log, train
 
     base, grid = load_grid(sweep_file, list(overrides))
     runs = plan_runs(base, grid)

@@ -8,6 +8,7 @@ holds `tokenizer.json` whose "kind" field says which class loads it; a Hugging F
 
 from __future__ import annotations
 
+import filecmp
 import json
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -75,3 +76,19 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if kind not in loaders:
         raise ValueError(f"tokenizer {spec!r}: unknown kind {kind!r}; known: {sorted(loaders)}")
     return loaders[kind](directory)
+
+
+def same_tokenizer(spec: str, kept: Path) -> bool:
+    """Whether tokenizer `spec` ("byte" or a directory) is the one saved in directory `kept`
+    (a run's or a prepared corpus's copy): every file of the copy, byte for byte."""
+    kept = Path(kept)
+    if not kept.is_dir():
+        return False
+    if spec == "byte":
+        saved = kept / TOKENIZER_META
+        return saved.is_file() and json.loads(saved.read_text()).get("kind") == "byte"
+    names = sorted(p.name for p in kept.iterdir())
+    if not names or not Path(spec).is_dir():
+        return False
+    _, differ, missing = filecmp.cmpfiles(spec, kept, names, shallow=False)
+    return not differ and not missing

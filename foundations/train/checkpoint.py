@@ -11,11 +11,7 @@ complete, so a process killed mid-save (even `kill -9`) leaves the last complete
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +19,7 @@ import grain
 import orbax.checkpoint as ocp
 
 from foundations.config import CheckpointConfig, CheckpointError, ConfigError
+from foundations.run import quiet_failures, short_cause
 
 
 def checkpoint_manager(run_dir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointManager:
@@ -73,7 +70,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     path = Path(manager.directory) / str(step)
     try:
-        with _quiet_failures():
+        with quiet_failures():
             restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types; name the checkpoint and the cause
         if "not compatible with the stored shape" in str(e):  # intact, but another model's
@@ -85,41 +82,3 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
         raise CheckpointError(f"cannot restore checkpoint {path} ({short_cause(e)}); it is left "
                               f"in place: {advice}") from e
     return restored["state"]
-
-
-@contextlib.contextmanager
-def _quiet_failures(settle_s: float = 0.3, limit_s: float = 5.0):
-    """Holds back what is written to stderr (fd 2) inside the block; replays it if the block
-    succeeds. A damaged checkpoint fails many of orbax's parallel reads, and each failing read
-    prints a page of traceback from a background thread (asyncio's log, tensorstore's callbacks
-    into a closed event loop), burying the one error that matters. On failure this waits until
-    those threads fall silent (settle_s without output, limit_s at most), then drops their
-    output; the exception itself propagates."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            deadline, size = time.monotonic() + limit_s, -1
-            while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
-                size = os.fstat(held.fileno()).st_size
-                time.sleep(settle_s)
-            raise
-        else:
-            sys.stderr.flush()
-            held.seek(0)
-            os.write(saved, held.read())
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def short_cause(error: Exception, limit: int = 240) -> str:
-    """The first line of an orbax/tensorstore error without the JSON spec it appends."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    text = text.split(" [tensorstore_spec")[0]
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return f"{type(error).__name__}: {text}"

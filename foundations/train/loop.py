@@ -8,9 +8,7 @@ numbers, so a run stopped by SIGTERM (pre-emption) or killed outright picks up w
 
 from __future__ import annotations
 
-import filecmp
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -18,21 +16,18 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from foundations.config import (Config, ConfigError, changed_settings, incompatible_changes,
-                                load_config, replace, save_config)
-from foundations.data.pipeline import (TextData, configured_tokenizer, document_eos,
-                                       load_text_data, train_iterator)
+from foundations.config import Config, save_config
+from foundations.data.pipeline import TextData, document_eos, load_text_data, train_iterator
 from foundations.train.evaluate import describe, evaluate
 from foundations.inference.text import generate_text
 from foundations.parallel.mesh import make_mesh
+from foundations.run import check_resumable, context_length, keep_tokenizer, writing
 from foundations.train import checkpoint
 from foundations.train.metrics import MetricsWriter, peak_flops_per_device, plot_loss_curve
 from foundations.train.preemption import StopSignals, TrainingStopped
 from foundations.train.trainer import Trainer
 from foundations.train.warm_start import params_from_run
 
-
-RUN_TOKENIZER = "tokenizer"  # a run directory's copy of a trained tokenizer
 
 
 def log(message: str) -> None:
@@ -63,8 +58,15 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     its entries to the summary (a sweep's probe, say). `stage` (post/stages.py) trains
     something else than text windows: its `build(config, mesh)` gives (trainer, batch iterator,
     validate(params) -> metrics, a description of the data), and its trainer loads
-    train.init_from itself."""
+    train.init_from itself. The run directory is locked for the run (run.py `writing`): a
+    second writer is refused before anything is written."""
     run_dir = Path(run_dir)
+    with writing(run_dir, log):
+        return _train(config, run_dir, mesh, progress, stop_at, data, after_training, stage)
+
+
+def _train(config: Config, run_dir: Path, mesh, progress: bool, stop_at: int | None,
+           data: TextData | None, after_training, stage) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
     dc = config.data
@@ -90,7 +92,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
     manager = checkpoint.checkpoint_manager(run_dir, config.checkpoint)
     start = manager.latest_step() or 0
     if start:
-        changes = check_resumable(config, run_dir)
+        changes = check_resumable(trainer.config, run_dir)
         state = checkpoint.restore(manager, start, trainer.abstract_state, iterator)
         log(f"resumed from {run_dir / 'checkpoints' / str(start)}"
             + "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in changes))
@@ -100,7 +102,7 @@ def train(config: Config, run_dir: str | Path, mesh=None, progress: bool = True,
             state = {**state, "params": params_from_run(tc.init_from, tc.init_step, trainer)}
             log(f"initialised from {tc.init_from} (step {tc.init_step or 'latest'})")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's record as it was
-        save_config(config, run_dir / "config.yaml")
+        save_config(trainer.config, run_dir / "config.yaml")  # as resolved (model.scan_unroll)
         keep_tokenizer(config, run_dir)
     counts = trainer.counts
     log(f"model: {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "
@@ -179,40 +181,6 @@ def training_tokens(data: TextData) -> int:
     return sum(len(part) for part in parts)
 
 
-def keep_tokenizer(config: Config, run_dir: Path) -> None:
-    """Copies a trained tokenizer into the run directory, so that eval and generate find it
-    wherever they run from (config.yaml keeps the path as it was given)."""
-    spec = config.data.tokenizer
-    if spec != "byte" and not (run_dir / RUN_TOKENIZER).exists():
-        shutil.copytree(spec, run_dir / RUN_TOKENIZER)
-
-
-def same_tokenizer(spec: str, run_dir: Path) -> bool:
-    """Whether tokenizer directory `spec` holds the same files as the run's own copy."""
-    kept = run_dir / RUN_TOKENIZER
-    if spec == "byte" or not kept.is_dir() or not Path(spec).is_dir():
-        return False
-    names = sorted(p.name for p in kept.iterdir())
-    _, differ, missing = filecmp.cmpfiles(spec, kept, names, shallow=False)
-    return not differ and not missing and names == sorted(p.name for p in Path(spec).iterdir())
-
-
-def check_resumable(config: Config, run_dir: Path) -> list:
-    """The settings that changed since the run in run_dir was started (to log); a ConfigError
-    when a change (model shape or family, tokenizer, objective) makes its checkpoints unusable."""
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
-        return []
-    changes = [c for c in changed_settings(load_config(saved_file), config)
-               if not (c[0] == "data.tokenizer" and same_tokenizer(c[2], run_dir))]  # moved
-    refused = incompatible_changes(changes)
-    if refused:
-        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in refused)
-        raise ConfigError(f"{run_dir} holds checkpoints of another model ({listed}); use a new "
-                          "--run-dir, or the run's own settings (its config.yaml) to resume it")
-    return changes
-
-
 def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
                 temperature: float, seed: int) -> str:
     """The prompt and what the model writes after it (KV-cached, in windows of data.seq_len)."""
@@ -220,35 +188,3 @@ def sample_text(trainer, params, tokenizer, prompt: str, max_new_tokens: int,
                                   context_length(trainer.config), temperature=temperature,
                                   seed=seed)
 
-
-def context_length(config: Config) -> int:
-    """The longest sequence a run's model reads at once: its training window (and for learned
-    positions, no more than the table)."""
-    if config.model.positions.kind == "learned":
-        return min(config.data.seq_len, config.model.max_seq_len)
-    return config.data.seq_len
-
-
-def load_run(run_dir: str | Path, overrides: list[str] = (), single_device: bool = True):
-    """(config, tokenizer, Trainer, latest state) of a finished or running run; reads no
-    training data, so it works wherever the run's text files are.
-
-    By default the state is restored onto one device, whatever mesh trained it; pass
-    `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(config_file, list(overrides))
-    kept = run_dir / RUN_TOKENIZER
-    if config.data.tokenizer != "byte" and not Path(config.data.tokenizer).is_dir() \
-            and kept.is_dir():  # a relative path from elsewhere: the run's own copy
-        config = replace(config, {"data.tokenizer": str(kept)})
-    tokenizer = configured_tokenizer(config.data.tokenizer)
-    devices = jax.devices()[:1] if single_device else None
-    if single_device:
-        config = replace(config, {f"mesh.{axis}": 1 for axis in
-                                  ("data", "fsdp", "tensor", "stage", "expert", "microbatches")})
-    trainer = make_trainer(config, tokenizer, make_mesh(config.mesh, devices))
-    state = checkpoint.restore_latest(run_dir, config.checkpoint, trainer.abstract_state)
-    return config, tokenizer, trainer, state

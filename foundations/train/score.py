@@ -167,3 +167,13 @@ def score_text(trainer, params, tokens: np.ndarray, bytes_per_token: float, batc
         out["ppl"] = math.exp(min(loss, 50.0))
         out["bpb"] = loss / math.log(2) / bytes_per_token
     return out
+
+
+def score_run(run, tokens: np.ndarray, bytes_per_token: float, batch_size: int,
+              stride: int = 0, max_batches: int = 0) -> dict:
+    """score_text of a run read by run.py `load_run`, through a Trainer built for its config
+    and mesh (the evaluation step only: no optimizer state is made)."""
+    from foundations.train.trainer import Trainer
+    trainer = Trainer(run.config, run.mesh, run.tokenizer)
+    return score_text(trainer, run.params, tokens, bytes_per_token, batch_size, stride,
+                      max_batches)

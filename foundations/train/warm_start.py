@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grain
 import jax
-import orbax.checkpoint as ocp
 
 from foundations.config import ConfigError
+from foundations.run import CHECKPOINTS, checkpoint_steps, restore_params, stored_params
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -45,26 +44,17 @@ def params_from_run(run_dir: str | Path, step: int | None, trainer, wanted=None)
     """The parameters of `run_dir`'s checkpoint `step` (None: its latest), laid out on
     `trainer`'s parameter shardings (or on those of `wanted`, a tree of ShapeDtypeStructs)."""
     run_dir = Path(run_dir)
-    directory = run_dir.absolute() / "checkpoints"
+    directory = run_dir.absolute() / CHECKPOINTS
     if not directory.is_dir():
         raise ConfigError(f"train.init_from: {run_dir} is not a run directory with checkpoints")
-    options = ocp.CheckpointManagerOptions(create=False)
-    handlers = {"state": ocp.PyTreeCheckpointHandler(),  # read as a tree: parts of it suffice
-                "data": grain.checkpoint.CheckpointHandler()}
-    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
-        steps = manager.all_steps()
-        if not steps:
-            raise ConfigError(f"train.init_from: {directory} holds no checkpoint")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise ConfigError(f"train.init_from: {run_dir} has no checkpoint of step {step} "
-                              f"(it has {', '.join(map(str, sorted(steps)))})")
-        source = f"{directory / str(step)}"
-        stored = manager.item_metadata(step)["state"]["params"]
-        wanted = trainer.abstract_state["params"] if wanted is None else wanted
-        check_same_shapes(_shapes(stored), _shapes(wanted), source)
-        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": wanted}, restore_args={"params": restore_args},
-            partial_restore=True)))
-    return restored["state"]["params"]
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise ConfigError(f"train.init_from: {directory} holds no checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise ConfigError(f"train.init_from: {run_dir} has no checkpoint of step {step} "
+                          f"(it has {', '.join(map(str, sorted(steps)))})")
+    wanted = trainer.abstract_state["params"] if wanted is None else wanted
+    check_same_shapes(_shapes(stored_params(run_dir, step)), _shapes(wanted),
+                      f"{directory / str(step)}")
+    return restore_params(run_dir, step, wanted)
