@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from foundations.data.pipeline import BUNDLED_CORPORA  # noqa: E402
+from foundations.data.files import BUNDLED_CORPORA  # noqa: E402
 from foundations.tokenizers.bpe import BPETokenizer  # noqa: E402
 from foundations.tokenizers.spm import SentencePieceTokenizer  # noqa: E402
 

@@ -39,7 +39,8 @@ def _train(args) -> None:
 
 def _eval(args) -> None:
     from foundations.config import ConfigError
-    from foundations.data.pipeline import expand_files, tokenize_files
+    from foundations.data.files import expand_files
+    from foundations.data.text import tokenize_files
     from foundations.run import load_run
     from foundations.train.score import score_run
     run = load_run(args.run_dir, args.overrides)

@@ -560,11 +560,8 @@ def config_from_tree(tree: dict) -> Config:
 
 
 def tokenizer_vocab_size(spec: str) -> int:
-    from foundations.tokenizers import load_tokenizer  # no JAX: `compile` sets it up later
-    try:
-        return load_tokenizer(spec).vocab_size
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"data.tokenizer: {e}") from None
+    from foundations.tokenizers import configured_tokenizer  # no JAX: `compile` sets it up later
+    return configured_tokenizer(spec).vocab_size
 
 
 def resolve(config: Config) -> Config:

@@ -202,7 +202,7 @@ def load_run(run_dir: str | Path, overrides=(), single_device: bool = True) -> R
 
     By default they are restored onto one device, whatever mesh trained it; pass
     `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
-    from foundations.data.pipeline import configured_tokenizer
+    from foundations.tokenizers import configured_tokenizer
     from foundations.models.families import build_model
     from foundations.parallel.mesh import make_mesh
     run_dir = Path(run_dir)

@@ -32,7 +32,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """The first 60 kB of Tiny Shakespeare (bundled with the package) as a small text file."""
-    from foundations.data.pipeline import BUNDLED_CORPORA
+    from foundations.data.files import BUNDLED_CORPORA
     text = (BUNDLED_CORPORA / "tinyshakespeare" / "input.txt").read_text()[:60_000]
     path = tmp_path_factory.mktemp("corpus") / "shakespeare_60k.txt"
     path.write_text(text)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from foundations.config import ConfigError, DataConfig
-from foundations.data.pipeline import (BUNDLED_CORPORA, PackedWindows, eval_batches,
-                                       load_text_data, train_iterator)
+from foundations.data.files import BUNDLED_CORPORA
+from foundations.data.pipeline import PackedWindows, eval_batches, load_text_data, train_iterator
 
 
 def test_bundled_corpus_is_byte_identical_to_its_source():

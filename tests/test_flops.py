@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from foundations.config import Config, ModelConfig, ObjectiveConfig, load_config
-from foundations.data.pipeline import configured_tokenizer
+from foundations.tokenizers import configured_tokenizer
 from foundations.models.families import build_model
 from foundations.flops import param_counts, train_flops_per_token
 from foundations.models.moe import expert_capacity

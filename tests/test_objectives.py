@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from foundations.config import load_config
-from foundations.data.pipeline import BUNDLED_CORPORA
+from foundations.data.files import BUNDLED_CORPORA
 from foundations.objectives import make_objective
 from foundations.objectives.base import PrefixLM
 from foundations.objectives.mlm import mask_tokens, word_starts

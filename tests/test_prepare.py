@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data"
 def inputs(tmp_path_factory):
     """Three text files (one split into documents by a separator) and a JSONL file, with one
     exact duplicate and one blank document."""
-    from foundations.data.pipeline import BUNDLED_CORPORA
+    from foundations.data.files import BUNDLED_CORPORA
     text = (BUNDLED_CORPORA / "tinyshakespeare" / "input.txt").read_text()[:40_000]
     root = tmp_path_factory.mktemp("inputs")
     (root / "a.txt").write_text(text[:9000])

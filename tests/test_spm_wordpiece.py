@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sentencepiece import sentencepiece_model_pb2
 
-from foundations.data.pipeline import tokenize_files
+from foundations.data.text import tokenize_files
 from foundations.objectives.mlm import special_ids
 from foundations.tokenizers import load_tokenizer
 from foundations.tokenizers.spm import SentencePieceTokenizer

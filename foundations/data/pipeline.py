@@ -8,28 +8,20 @@ process taking every P-th window, so its iterator state is a single index that c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import grain
 import numpy as np
 
 from foundations.config import ConfigError, DataConfig
-from foundations.data.files import BUNDLED_CORPORA, expand_files, read_text, resolve_path  # noqa: F401
-from foundations.tokenizers import Tokenizer, load_tokenizer
+from foundations.data.shards import load_shard_data
+from foundations.data.text import TextData, load_text_files
 
-def tokenize_files(files: list[Path], tokenizer: Tokenizer, fallback_encoding: str = "",
-                   newlines: str = "normalize") -> tuple[np.ndarray, int]:
-    """All files' tokens, one end-of-text id after each file; also the count of UTF-8 bytes."""
-    eos = getattr(tokenizer, "eos_id", None)
-    pieces, n_bytes = [], 0
-    for path in files:
-        text = read_text(path, fallback_encoding, newlines=newlines)
-        n_bytes += len(text.encode("utf-8"))
-        pieces.append(np.asarray(tokenizer.encode(text), dtype=np.int32))
-        if eos is not None:
-            pieces.append(np.array([eos], dtype=np.int32))
-    return np.concatenate(pieces), n_bytes
+
+def load_text_data(cfg: DataConfig) -> TextData:
+    """The configured corpus: the text files read and tokenized, or (data.shards or
+    data.mixture) the prepared shards opened lazily."""
+    if cfg.shards or cfg.mixture:
+        return load_shard_data(cfg)
+    return load_text_files(cfg)
 
 
 class PackedWindows:
@@ -61,58 +53,6 @@ class PackedWindows:
             starts = np.maximum.accumulate(np.where(np.diff(segments, prepend=-1) != 0, index, 0))
             window["positions"] = (index - starts).astype(np.int32)
         return window
-
-
-@dataclass
-class TextData:
-    tokenizer: Tokenizer
-    train_tokens: np.ndarray   # or a lazy ShardTokens (data.shards), a list of them (mixture)
-    val_tokens: np.ndarray
-    bytes_per_token: float   # UTF-8 bytes per token, for bits-per-byte
-
-
-def configured_tokenizer(spec: str) -> Tokenizer:
-    """`load_tokenizer(data.tokenizer)`, with a missing or broken tokenizer directory reported
-    as a ConfigError (one line from the CLI)."""
-    try:
-        return load_tokenizer(spec)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"data.tokenizer: {e}") from None
-
-
-def load_text_data(cfg: DataConfig) -> TextData:
-    """Reads and tokenizes the configured files and splits off validation data (with
-    data.shards or data.mixture: opens the prepared shards instead)."""
-    if cfg.shards or cfg.mixture:
-        from foundations.data.shards import load_shard_data
-        return load_shard_data(cfg)
-    tokenizer = configured_tokenizer(cfg.tokenizer)
-    fallback = cfg.fallback_encoding
-    train, train_bytes = tokenize_files(expand_files(cfg.train_files), tokenizer, fallback,
-                                        cfg.newlines)
-    if cfg.val_files:
-        val, val_bytes = tokenize_files(expand_files(cfg.val_files), tokenizer, fallback,
-                                        cfg.newlines)
-        bytes_per_token = val_bytes / len(val)
-    else:
-        bytes_per_token = train_bytes / len(train)
-        split = int(len(train) * (1 - cfg.val_fraction))
-        train, val = train[:split], train[split:]
-    for name, tokens in (("training", train), ("validation", val)):
-        if len(tokens) < cfg.seq_len + 1:
-            raise ConfigError(f"{name} data has {len(tokens)} tokens, fewer than one window of "
-                              f"data.seq_len + 1 = {cfg.seq_len + 1}")
-    return TextData(tokenizer, train, val, bytes_per_token)
-
-
-def document_eos(cfg: DataConfig, tokenizer: Tokenizer) -> int | None:
-    """The end-of-text id that separates documents when data.document_masks is set."""
-    if not cfg.document_masks:
-        return None
-    eos = getattr(tokenizer, "eos_id", None)
-    if eos is None:
-        raise ConfigError("data.document_masks needs a tokenizer with an end-of-text token")
-    return eos
 
 
 def train_iterator(tokens, seq_len: int, global_batch: int, seed: int,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from foundations.config import ConfigError
 from foundations.data.encode import encode_task, start_worker
 from foundations.data.files import expand_files, read_text
-from foundations.tokenizers import load_tokenizer
+from foundations.tokenizers import configured_tokenizer
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -273,10 +273,7 @@ def prepare(inputs: list[str], out: str | Path, options: PrepareOptions,
     the inputs, tokenizer and settings are unchanged)."""
     out = Path(out)
     files = expand_files(inputs, TEXT_SUFFIXES)
-    try:
-        tokenizer = load_tokenizer(options.tokenizer)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"--tokenizer: {e}") from None
+    tokenizer = configured_tokenizer(options.tokenizer, "--tokenizer")
     stamp = fingerprint(files, options)
     existing = read_manifest(out)
     if existing is not None:

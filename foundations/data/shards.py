@@ -15,7 +15,8 @@ import numpy as np
 
 from foundations.config import ConfigError, DataConfig
 from foundations.data.prepare import MANIFEST, TOKENIZER_DIR, read_manifest
-from foundations.tokenizers import same_tokenizer
+from foundations.data.text import TextData
+from foundations.tokenizers import configured_tokenizer, same_tokenizer
 
 
 class ShardTokens:
@@ -116,7 +117,6 @@ def open_split(directory: str, split: str, tokenizer_spec: str) -> tuple[ShardTo
 def load_shard_data(cfg: DataConfig):
     """TextData whose token arrays are read lazily from data.shards (or, for a mixture, each
     dataset's training split, validating on the first dataset's held-out documents)."""
-    from foundations.data.pipeline import TextData, configured_tokenizer
     tokenizer = configured_tokenizer(cfg.tokenizer)
     directories = [cfg.shards] if cfg.shards else [m.shards for m in cfg.mixture]
     train = [open_split(d, "train", cfg.tokenizer)[0] for d in directories]

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 from foundations.config import ConfigError, replace
-from foundations.data.pipeline import configured_tokenizer
+from foundations.tokenizers import configured_tokenizer
 from foundations.parallel.mesh import make_mesh
 from foundations.post.adapters import export_peft
 from foundations.post.stages import BaseTask

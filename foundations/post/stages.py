@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from foundations.data.pipeline import configured_tokenizer
+from foundations.tokenizers import configured_tokenizer
 from foundations.models.attention import segment_mask
 from foundations.objectives.losses import weighted_cross_entropy
 from foundations.parallel.mesh import make_mesh

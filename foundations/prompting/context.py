@@ -18,7 +18,8 @@ def perplexity_at(run_dir: str | Path, files: list[str], length: int, batch_size
                   max_batches: int = 0, overrides: list[str] = ()) -> float:
     """The validation perplexity of run_dir's latest checkpoint on `files`, read in windows of
     `length` tokens (its RoPE positions run to length - 1)."""
-    from foundations.data.pipeline import expand_files, tokenize_files
+    from foundations.data.files import expand_files
+    from foundations.data.text import tokenize_files
     from foundations.train.score import score_run
     model = read_config(run_dir, overrides).model
     if model.positions.kind == "learned" and length > model.max_seq_len:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from foundations.config import ConfigError
 from foundations.tokenizers.byte import ByteTokenizer
 from foundations.tokenizers.hf import is_hf_tokenizer_json
 
@@ -76,6 +77,15 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if kind not in loaders:
         raise ValueError(f"tokenizer {spec!r}: unknown kind {kind!r}; known: {sorted(loaders)}")
     return loaders[kind](directory)
+
+
+def configured_tokenizer(spec: str, setting: str = "data.tokenizer") -> Tokenizer:
+    """`load_tokenizer(spec)`, with a missing or broken tokenizer directory reported as a
+    ConfigError naming the setting (one line from the CLI)."""
+    try:
+        return load_tokenizer(spec)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{setting}: {e}") from None
 
 
 def same_tokenizer(spec: str, kept: Path) -> bool:

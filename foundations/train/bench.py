@@ -8,7 +8,6 @@ busy machine slows both alike and the ratio stays meaningful.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 
 from foundations.config import Config
-from foundations.data.pipeline import configured_tokenizer
+from foundations.tokenizers import configured_tokenizer
 from foundations.models.layers import DTYPES
 from foundations.train import plain_gpt
 from foundations.train.loop import make_trainer

@@ -11,7 +11,8 @@ import math
 import jax
 import numpy as np
 
-from foundations.data.pipeline import document_eos, eval_window_batches
+from foundations.data.pipeline import eval_window_batches
+from foundations.data.text import document_eos
 from foundations.parallel.mesh import batch_parallelism
 
 

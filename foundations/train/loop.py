@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from foundations.config import Config, save_config
-from foundations.data.pipeline import TextData, document_eos, load_text_data, train_iterator
+from foundations.data.pipeline import load_text_data, train_iterator
+from foundations.data.text import TextData, document_eos
 from foundations.train.evaluate import describe, evaluate
 from foundations.inference.text import generate_text
 from foundations.parallel.mesh import make_mesh

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from foundations.config import Config, ConfigError, scan_unroll_for
-from foundations.data.pipeline import configured_tokenizer
+from foundations.tokenizers import configured_tokenizer
 from foundations.models.families import build_model
 from foundations.flops import param_counts, train_flops_per_token
 from foundations.objectives import make_objective
