@@ -120,3 +120,47 @@ def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeyp
                  "--bootstrap", "5"]) == 0
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert len(pngs) >= 4 and len(list((tmp_path / "plots").glob("*.svg"))) == len(pngs)
+
+
+def test_explicit_sizes_with_a_batch_each_and_a_tokens_per_param_window(sweep_file):
+    overrides = ["grid.sizes=[[1,16,4],[2,16],[1,32,16]]", "grid.budgets=[9.0e8]",
+                 "grid.min_tokens_per_param=0.5", "grid.max_tokens_per_param=1.5",
+                 "grid.warmup_fraction=0.05"]
+    runs = plan_runs(*load_grid(sweep_file, overrides))
+    every = plan_runs(*load_grid(sweep_file, overrides[:2] + ["grid.warmup_fraction=0.05"]))
+    assert [r.size for r in every] == ["L1_d16", "L2_d16", "L1_d32"]
+    assert [r.config.train.batch_size for r in every] == [4, 8, 16]   # the size's, else the base's
+    for r in every:
+        assert r.tokens == r.config.train.steps * r.config.train.batch_size * 32
+        assert r.config.schedule.warmup_steps == 0.05   # a share of each run's own length
+    kept = {r.size for r in every if 0.5 <= r.tokens / r.n_compute <= 1.5}
+    assert kept != {r.size for r in every}                # the window drops someone here...
+    assert {r.size for r in runs} == kept                 # ... and only those outside it
+
+
+def test_gutenberg_grid_fits_the_design(capsys):
+    """The default sweep: >= 5 budgets over >= 2 decades, each with >= 4 sizes whose D/N lies in
+    [2.5, 160] and brackets 20 (so its profile can have an interior minimum), >= 120 steps a run,
+    a batch per size (the same at every budget), warmup 5% and cosine to each run's length."""
+    from pathlib import Path
+    sweep = Path(__file__).parent.parent / "experiments" / "scaling" / "gutenberg.yaml"
+    runs = plan_runs(*load_grid(sweep))
+    budgets = sorted({r.budget for r in runs})
+    assert len(budgets) >= 5 and budgets[-1] / budgets[0] >= 99
+    batch = {}
+    for r in runs:
+        ratio = r.tokens / r.n_compute
+        assert 2.5 <= ratio <= 160 and r.config.train.steps >= 120, (r.run_id, ratio)
+        assert abs(r.flops - r.budget) / r.budget < 0.02
+        assert r.config.schedule.warmup_steps == 0.05 and r.config.schedule.kind == "cosine"
+        assert batch.setdefault(r.size, r.config.train.batch_size) == r.config.train.batch_size
+    for C in budgets:
+        ratios = [r.tokens / r.n_compute for r in runs if r.budget == C]
+        assert 4 <= len(ratios) <= 6, (C, ratios)
+        assert min(ratios) < 20 < max(ratios), (C, ratios)
+    ladder = sorted({r.n_compute for r in runs})
+    assert ladder[0] < 15e3 and ladder[-1] > 300e3
+    assert max(b / a for a, b in zip(ladder, ladder[1:])) < 1.8   # a fine ladder
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert main(["sweep", str(sweep), "--plan"]) == 0
+    assert f"{len(runs)} runs" in capsys.readouterr().out

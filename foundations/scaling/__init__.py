@@ -3,6 +3,7 @@
 from foundations.scaling.fit import (
     bootstrap,
     bootstrap_chinchilla,
+    bootstrap_isoflop,
     bootstrap_power_law,
     compute_optimal,
     confidence_intervals,
@@ -18,7 +19,7 @@ from foundations.scaling.fit import (
 from foundations.scaling.results import ResultsError, load_curve, load_results
 
 __all__ = [
-    "ResultsError", "bootstrap", "bootstrap_chinchilla", "bootstrap_power_law", "compute_optimal", "confidence_intervals",
+    "ResultsError", "bootstrap", "bootstrap_chinchilla", "bootstrap_isoflop", "bootstrap_power_law", "compute_optimal", "confidence_intervals",
     "extrapolation_check", "fit_chinchilla", "fit_isoflop", "fit_loss_vs_d", "fit_loss_vs_n", "fit_power_law",
     "isoflop_optimal", "load_curve", "load_results", "predict_loss",
 ]

@@ -291,6 +291,72 @@ def bootstrap(fit_fn, arrays, n_boot=100, seed=0, groups=None):
     return samples, confidence_intervals(samples)
 
 
+def _parabola_fit(log_n, loss):
+    """Least-squares parabola of loss in log N: (fitted values, leverages)."""
+    design = np.stack([log_n ** 2, log_n, np.ones_like(log_n)], axis=1)
+    coeffs, *_ = np.linalg.lstsq(design, loss, rcond=None)
+    leverage = np.einsum("ij,ji->i", design, np.linalg.pinv(design))   # diag of the hat matrix
+    return design @ coeffs, leverage
+
+
+def bootstrap_isoflop(N, loss, budget, n_boot=100, seed=0, min_points=3):
+    """Approach 2's interval by a residual bootstrap (Porian et al. 2024): the runs stay where they
+    are, and each replicate adds residuals, drawn with replacement, to every budget's fitted parabola
+    before refitting fit_isoflop.
+
+    The residuals are those of each budget's parabola, scaled by 1/sqrt(1 - leverage) (a 3-parameter
+    fit to 4-6 points shrinks them; Davison & Hinkley 1997, eq. 6.9), centred and pooled over the
+    budgets (per budget there are too few to resample). A replicate is dropped when a budget whose
+    full-data vertex lies inside its sizes loses it: the vertex falls outside [smallest N, largest N]
+    of that budget, or the parabola has no minimum. Returns (samples, intervals, info) with
+    info = {"kind", "replicates", "kept", "dropped_edge", "dropped_failed"}.
+    """
+    N, loss, budget = (np.asarray(v, np.float64) for v in (N, loss, budget))
+    log_n = np.log(N)
+    full = fit_isoflop(N, loss, budget, min_points)
+    interior = {}   # budget -> (log N range) for budgets whose full-data vertex is inside its sizes
+    for p in full["profiles"]:
+        in_budget = log_n[budget == p["budget"]]
+        if in_budget.min() < math.log(p["N_opt"]) < in_budget.max():
+            interior[p["budget"]] = (in_budget.min(), in_budget.max())
+    fitted = loss.copy()
+    pool, members = [], []
+    for C in np.unique(budget[np.isfinite(budget)]):
+        idx = np.flatnonzero(budget == C)
+        if len(np.unique(log_n[idx])) < min_points:
+            continue            # never fitted: its losses stay as they are
+        values, leverage = _parabola_fit(log_n[idx], loss[idx])
+        fitted[idx] = values
+        members.append(idx)
+        free = leverage < 1 - 1e-9          # a point the parabola goes through has no residual
+        pool.append((loss[idx] - values)[free] / np.sqrt(1 - leverage[free]))
+    pool = np.concatenate(pool) if pool else np.zeros(0)
+    pool = pool - pool.mean() if len(pool) else np.zeros(1)
+    rng = np.random.default_rng(seed)
+    samples, dropped_edge, dropped_failed = [], 0, 0
+    for _ in range(n_boot):
+        resampled = fitted.copy()
+        for idx in members:
+            resampled[idx] = fitted[idx] + rng.choice(pool, size=len(idx), replace=True)
+        try:
+            fit = fit_isoflop(N, resampled, budget, min_points)
+        except (ValueError, OverflowError, np.linalg.LinAlgError):
+            dropped_failed += 1
+            continue
+        vertices = {p["budget"]: math.log(p["N_opt"]) for p in fit["profiles"]}
+        if any(not (C in vertices and lo < vertices[C] < hi) for C, (lo, hi) in interior.items()):
+            dropped_edge += 1
+            continue
+        values = {k: v for k, v in fit.items() if isinstance(v, float)}
+        if all(math.isfinite(v) for v in values.values()):
+            samples.append(values)
+        else:
+            dropped_failed += 1
+    info = {"kind": "residual", "replicates": n_boot, "kept": len(samples),
+            "dropped_edge": dropped_edge, "dropped_failed": dropped_failed}
+    return samples, confidence_intervals(samples), info
+
+
 def confidence_intervals(samples, level=0.95):
     """Percentile intervals and standard deviations of each parameter over bootstrap samples."""
     if not samples:

@@ -39,17 +39,17 @@ def ladder_from_grid(sweep_file, n_column: str = "n_compute") -> list[dict]:
     """The sweep file's sizes: name, depth, width, the N the fit uses and tokens per step."""
     from foundations.config import config_from_tree
     from foundations.flops import param_counts, train_flops_per_token
-    from foundations.scaling.grid import load_grid, size_settings
+    from foundations.scaling.grid import grid_sizes, load_grid, size_name, size_settings
 
     base, grid = load_grid(sweep_file)
     ladder = []
-    for depth in grid.depths:
-        config = config_from_tree(size_settings(base, grid, depth))
+    for size in grid_sizes(grid):
+        config = config_from_tree(size_settings(base, grid, size))
         m = config.model
         counts = param_counts(m, config.objective)
         n = {"n_compute": train_flops_per_token(m, config.data.seq_len, config.objective) / 6,
              "n_params": counts.non_embedding}[n_column]
-        ladder.append({"name": f"L{depth}_d{m.d_model}", "num_layers": m.num_layers,
+        ladder.append({"name": size_name(m.num_layers, m.d_model), "num_layers": m.num_layers,
                        "d_model": m.d_model, "n": float(n),
                        "tokens_per_step": config.train.batch_size * config.data.seq_len})
     return ladder

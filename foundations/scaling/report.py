@@ -83,8 +83,13 @@ def analyse(rows, loss_column="val_loss", n_boot=100, seed=0, n_held_out=1):
             raise ValueError("no run has an IsoFLOP budget")
         args = [N[has_budget], loss[has_budget], budget[has_budget]]
         result = F.fit_isoflop(*args)
-        samples, ci = F.bootstrap(F.fit_isoflop, args, n_boot=n_boot, seed=seed, groups=budget[has_budget])
-        return {"fit": result, "ci": ci, "samples": samples}
+        # ci: residual bootstrap (edge replicates dropped); ci_point: runs resampled within budgets
+        samples, ci, info = F.bootstrap_isoflop(*args, n_boot=n_boot, seed=seed)
+        _, ci_point = F.bootstrap(F.fit_isoflop, args, n_boot=n_boot, seed=seed, groups=budget[has_budget])
+        for name, key in (("ci", "a_width"), ("ci_point", "a_width_point")):
+            interval = {"ci": ci, "ci_point": ci_point}[name].get("a")
+            info[key] = interval["hi"] - interval["lo"] if interval else None
+        return {"fit": result, "ci": ci, "ci_point": ci_point, "bootstrap": info, "samples": samples}
     out["isoflop"] = _try(isoflop)
 
     budgets = report_budgets(flops)
@@ -170,6 +175,16 @@ def format_report(analysis):
     section("L(D), lowest loss at each D", analysis["loss_vs_d"], ["E", "B", "beta"], "E + B/D^beta")
     section("Approach 2, IsoFLOP parabolas", analysis["isoflop"], ["a", "b"], "N_opt ~ C^a, D_opt ~ C^b")
     if "fit" in analysis["isoflop"]:
+        iso = analysis["isoflop"]
+        info = iso.get("bootstrap")
+        if info:
+            lines.insert(-1, f"    intervals: residual bootstrap, {info['kept']} of {info['replicates']} replicates "
+                             f"kept ({info['dropped_edge']} with a minimum at the edge of a budget's sizes, "
+                             f"{info['dropped_failed']} without a fit)")
+        point = iso.get("ci_point", {}).get("a")
+        if point:
+            lines.insert(-1, f"    point bootstrap (runs resampled within budgets): a in "
+                             f"[{point['lo']:.4g}, {point['hi']:.4g}], width {point['hi'] - point['lo']:.3g}")
         for p in analysis["isoflop"]["fit"]["profiles"]:
             lines.insert(-1, f"    C = {p['budget']:.3g}: N_opt = {p['N_opt']:.4g}, D_opt = {p['D_opt']:.4g}, "
                              f"min loss = {p['loss_opt']:.4f}")

@@ -110,6 +110,11 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _sweep_command(args) -> None:
+    if args.plan:   # the grid only: nothing is trained or written
+        print(describe(plan_runs(*load_grid(args.sweep, list(args.overrides)))))
+        return
+    if not args.out:
+        raise ConfigError("foundations sweep: --out DIR is required (or --plan to list the grid)")
     rows = run_sweep(args.sweep, args.out, args.overrides, _parse_shard(args.shard),
                      progress=args.progress)
     results = Path(args.out) / "results.jsonl"
@@ -127,7 +132,9 @@ def add_sweep_parser(commands) -> None:
     p = commands.add_parser("sweep", help="train a scaling grid (resumable)")
     p.add_argument("sweep", help="sweep YAML, e.g. experiments/scaling/gutenberg.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value or grid.key=value")
-    p.add_argument("--out", required=True, help="sweep directory (results.jsonl, runs/)")
+    p.add_argument("--out", help="sweep directory (results.jsonl, runs/); needed unless --plan")
+    p.add_argument("--plan", action="store_true",
+                   help="print the planned runs (size, D, D/N, steps, batch, lr) and stop")
     p.add_argument("--shard", default="0/1", help="run every N-th run starting at I (I/N)")
     p.add_argument("--progress", action="store_true", help="a progress bar per run")
     p.add_argument("--bootstrap", type=int, default=100,
