@@ -25,7 +25,7 @@ import jax  # noqa: E402
 
 from foundations.config import load_config  # noqa: E402
 from foundations.parallel.gpipe import bubble_fraction  # noqa: E402
-from foundations.train.loop import build  # noqa: E402
+from foundations.train import build  # noqa: E402
 
 GRID = [(1, 1), (2, 1), (2, 2), (2, 4), (2, 8), (4, 1), (4, 2), (4, 4), (4, 8)]
 
