@@ -106,3 +106,18 @@ def test_too_little_text_for_a_window(tmp_path):
     path.write_text("hello")
     with pytest.raises(ConfigError, match="fewer than one window"):
         load_text_data(DataConfig(train_files=[str(path)], seq_len=64, val_fraction=0.5))
+
+
+def test_every_jsonl_reader_names_the_file_and_line_of_a_bad_record(tmp_path):
+    """prepare's documents, post-training's examples and the sweep's results read JSONL alike."""
+    from foundations.data.prepare import PrepareOptions, documents
+    from foundations.post.data import read_jsonl
+    from foundations.scaling.results import ResultsError, load_curve
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "prompt": "p", "response": "r"}\n\n{"text": oops}\n')
+    with pytest.raises(ConfigError, match=r"bad\.jsonl, line 3: malformed JSON"):
+        documents(bad, PrepareOptions(tokenizer="byte"))
+    with pytest.raises(ConfigError, match=r"bad\.jsonl, line 3: malformed JSON"):
+        read_jsonl(bad, ("prompt", "response"))
+    with pytest.raises(ResultsError, match=r"bad\.jsonl, line 3: malformed JSON"):
+        load_curve(bad)

@@ -6,7 +6,9 @@ files, such as `foundations prepare`'s parser, load without JAX.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any, Iterator
 
 from foundations.config import ConfigError
 
@@ -59,6 +61,20 @@ def read_text(path: Path, fallback_encoding: str = "",
         raise ConfigError(f"newlines={newlines!r}: expected one of {', '.join(NEWLINES)}")
     text = decode(path, path.read_bytes(), fallback_encoding, setting)
     return normalize_newlines(text) if newlines == "normalize" else text
+
+
+def jsonl_records(path: Path, text: str, error: type[Exception] = ConfigError
+                  ) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each non-blank line of a JSONL file's `text`; a line that is not
+    JSON raises `error` naming the file and the line."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}, line {number}: malformed JSON ({e.msg})") from None
+        yield number, record
 
 
 def decode(path: Path, data: bytes, fallback_encoding: str, setting: str) -> str:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from foundations.config import ConfigError
 from foundations.data.encode import encode_task, start_worker
-from foundations.data.files import expand_files, read_text
+from foundations.data.files import expand_files, jsonl_records, read_text
 from foundations.tokenizers import configured_tokenizer
 
 MANIFEST = "manifest.json"
@@ -65,13 +65,7 @@ def documents(path: Path, options: PrepareOptions) -> list[str]:
     text = read_text(path, options.fallback_encoding, "--fallback-encoding", options.newlines)
     if path.suffix == ".jsonl":
         docs = []
-        for line_number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{line_number}: not a JSON record ({e.msg})") from None
+        for line_number, record in jsonl_records(path, text):
             if not isinstance(record, dict) or not isinstance(record.get(options.text_key), str):
                 raise ConfigError(f"{path}:{line_number}: no string field "
                                   f"{options.text_key!r} (set --text-key)")

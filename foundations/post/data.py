@@ -9,13 +9,13 @@ with their response weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import grain
 import numpy as np
 
 from foundations.config import ConfigError
+from foundations.data.files import jsonl_records
 
 
 def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
@@ -28,13 +28,7 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[dict]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not valid UTF-8 (byte {e.start})") from None
     examples = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            example = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for number, example in jsonl_records(path, text):
         if not isinstance(example, dict) or not all(
                 isinstance(example.get(f), str) for f in fields):
             raise ConfigError(f"{path}:{number}: expected an object with string fields "

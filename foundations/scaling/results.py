@@ -6,11 +6,12 @@ Errors name the file, the line and the column, so a broken sweep output is quick
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from foundations.data.files import jsonl_records
 
 # column -> type; the sweep writes exactly these (plus optional ones below).
 RESULT_COLUMNS = {
@@ -75,15 +76,8 @@ def load_results(path) -> list[dict]:
         raise ResultsError(f"{path}: no such results file")
     rows = []
     if path.suffix == ".jsonl":
-        with open(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ResultsError(f"{path}, line {line_no}: malformed JSON ({err.msg})") from None
-                rows.append(_check_row(raw, path, line_no))
+        for line_no, raw in jsonl_records(path, path.read_text(), ResultsError):
+            rows.append(_check_row(raw, path, line_no))
     elif path.suffix == ".csv":
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -107,18 +101,11 @@ def load_curve(path) -> list[dict]:
     """Load one run's metrics.jsonl: dicts with at least step, loss, tokens (val_loss where validation ran)."""
     path = Path(path)
     points = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ResultsError(f"{path}, line {line_no}: malformed JSON ({err.msg})") from None
-            for column in ("step", "loss", "tokens"):
-                if column not in record:
-                    raise ResultsError(f"{path}, line {line_no}, column {column!r}: missing")
-            points.append(record)
+    for line_no, record in jsonl_records(path, path.read_text(), ResultsError):
+        for column in ("step", "loss", "tokens"):
+            if column not in record:
+                raise ResultsError(f"{path}, line {line_no}, column {column!r}: missing")
+        points.append(record)
     return points
 
 
