@@ -114,7 +114,8 @@ def test_every_jsonl_reader_names_the_file_and_line_of_a_bad_record(tmp_path):
     from foundations.post.data import read_jsonl
     from foundations.scaling.results import ResultsError, load_curve
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "a", "prompt": "p", "response": "r"}\n\n{"text": oops}\n')
+    bad.write_text('{"text": "a", "prompt": "p", "response": "r", "step": 1, "loss": 2.0, '
+                   '"tokens": 8}\n\n{"text": oops}\n')
     with pytest.raises(ConfigError, match=r"bad\.jsonl, line 3: malformed JSON"):
         documents(bad, PrepareOptions(tokenizer="byte"))
     with pytest.raises(ConfigError, match=r"bad\.jsonl, line 3: malformed JSON"):
