@@ -1,12 +1,24 @@
 """PPO: GAE and the clipped objectives against hand computations on a fixed trajectory; KL 0
 and ratio 1 when policy, reference and old policy are one; a bandit learns; the CLI runs."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from foundations.config import load_config
+from foundations.parallel.mesh import make_mesh
 from foundations.post import ppo
+from foundations.post.stages import Stage
+from foundations.train.loop import train
+
+TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=4", "model.max_seq_len=32",
+        "data.seq_len=32", "train.batch_size=16", "train.log_every=1", "train.eval_every=0",
+        "train.eval_batches=1", "train.sample_tokens=0", "schedule.warmup_steps=0",
+        "checkpoint.every=0", "checkpoint.async_save=false", "optimizer.lr=3e-3"]
+QUIET = {"log": lambda _: None}
 
 # one row: a prompt token (masked) then three response tokens
 MASK = jnp.array([[0.0, 1.0, 1.0, 1.0]])
@@ -73,3 +85,75 @@ def test_entropy_group_advantages_explained_variance_and_kl_controller():
     assert ppo.adaptive_kl_coef(0.1, kl=10.0, target=1.0) == pytest.approx(0.1 * 1.02)
     assert ppo.adaptive_kl_coef(0.1, kl=0.9, target=1.0) == pytest.approx(0.1 * 0.99)
 
+
+
+@pytest.fixture(scope="module")
+def bandit(tmp_path_factory):
+    """A one-step bandit: after "pick", an SFT model answers "a" or "b" about equally; the
+    rule rewards "a" only."""
+    root = tmp_path_factory.mktemp("bandit")
+    (root / "sft.jsonl").write_text("".join(
+        json.dumps({"prompt": "pick", "response": "ab"[i % 2]}) + "\n" for i in range(200)))
+    (root / "prompts.jsonl").write_text("".join(
+        json.dumps({"prompt": "pick", "answer": "a"}) + "\n" for _ in range(100)))
+    sft = load_config(None, TINY + [f"sft.train_file={root / 'sft.jsonl'}", "train.steps=80",
+                                    "optimizer.lr=1e-2"])
+    train(sft, root / "sft", mesh=make_mesh(sft.mesh, jax.devices()[:1]), progress=False,
+          stage=Stage("sft", **QUIET))
+    return root
+
+
+def ppo_config(bandit, *overrides):
+    return load_config(None, TINY + [f"train.init_from={bandit / 'sft'}",
+                                     f"ppo.prompts_file={bandit / 'prompts.jsonl'}",
+                                     "ppo.max_new_tokens=1", "optimizer.lr=1e-3", *overrides])
+
+
+def probability_of(trainer, params, text):
+    """p(text's first token | the template of "pick") under `params`."""
+    task = trainer.task
+    ids = jnp.asarray(task.train_rows["prompt"][:1])
+    mask = jnp.asarray(task.train_rows["prompt_mask"][:1])
+    positions = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
+    logits = trainer.forward(params, ids, positions=positions,
+                             mask=ppo.segment_mask(mask.astype(jnp.int32)))[0]
+    token = task.tokenizer.encode(text)[0]
+    return float(jax.nn.softmax(logits[0, -1].astype(jnp.float32))[token])
+
+
+@pytest.mark.parametrize("advantage", ["gae", "group"])
+def test_ppo_raises_the_rewarded_answer(bandit, advantage):
+    extra = ["ppo.samples=2"] if advantage == "group" else []
+    config = ppo_config(bandit, f"ppo.advantage={advantage}", *extra)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    trainer, iterator, _, _ = Stage("ppo", **QUIET).build(config, mesh)
+    state = trainer.init_state()
+    before = probability_of(trainer, state["params"], "a")
+    assert 0.2 < before < 0.8, before   # the SFT model answers both
+    # the first rollout: the policy is the reference and the old policy
+    minibatches, metrics = trainer.task.rollout(trainer, state, trainer.put_batch(next(iterator)))
+    assert metrics["kl"] == 0.0
+    first = jax.tree.map(lambda x: jnp.asarray(x[0]), next(iter(minibatches)))
+    _, step_metrics = trainer.loss(state["params"], first, None, trainer.frozen)
+    assert float(step_metrics["ratio"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(step_metrics["clip_fraction"]) == 0.0
+    for step in range(1, 6):
+        state, metrics = trainer.train_step(state, trainer.put_batch(next(iterator), step))
+    assert int(jax.device_get(state["step"])) == 5   # one step per rollout
+    after = probability_of(trainer, state["params"], "a")
+    assert after > before + 0.1, (before, after, metrics)
+
+
+def test_ppo_command_writes_its_metrics(bandit, tmp_path):
+    from foundations.cli import main
+    (tmp_path / "tiny.yaml").write_text("train: {steps: 2}\n")
+    overrides = TINY + [f"train.init_from={bandit / 'sft'}", "train.steps=2",
+                        f"ppo.prompts_file={bandit / 'prompts.jsonl'}", "ppo.max_new_tokens=2"]
+    assert main(["ppo", str(tmp_path / "tiny.yaml"), *overrides,
+                 f"--run-dir={tmp_path / 'ppo'}", "--no-progress"]) in (0, None)
+    logged = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert [m["step"] for m in logged] == [1, 2]
+    for key in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "value_loss",
+                "explained_variance", "response_length", "loss", "val_accuracy"):
+        assert key in logged[-1], key

@@ -7,8 +7,18 @@ reference, GAE, the clipped policy and value losses, entropy and explained varia
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
+
+from foundations.config import ConfigError
+from foundations.inference import generate
+from foundations.models.attention import segment_mask
+from foundations.post.data import split_examples
+from foundations.post.stages import BaseTask, RewardTask, with_aux
 
 
 def masked_mean(x, mask):
@@ -99,3 +109,194 @@ def adaptive_kl_coef(coef: float, kl: float, target: float, rate: float = 0.1) -
     below it, by at most 0.2 * rate (2%) per rollout."""
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return coef * (1.0 + rate * error)
+
+
+# ------------------------------------------------------------------ the stage
+
+def token_logprobs(logits, tokens):
+    """log p(tokens[:, t + 1] | tokens[:, :t + 1]) for each position t: (rows, T - 1)."""
+    return -optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                            tokens[:, 1:])
+
+
+def response_mask(new, eos):
+    """1 on the sampled tokens up to and including the first end-of-text, 0 after it."""
+    if eos is None:
+        return np.ones(new.shape, np.float32)
+    ended = np.cumsum(new == eos, axis=1) - (new == eos)   # eos tokens before this one
+    return (ended == 0).astype(np.float32)
+
+
+class PpoTask(BaseTask):
+    """Prompts from JSONL; each step samples responses from the policy (KV-cached `generate`),
+    scores them (exact match with the answer, or a reward model), and trains epochs x
+    minibatches of the clipped objective on that rollout. The reference is the frozen
+    init_from policy (under LoRA: the base); the value head reads the policy's hidden states."""
+    name = "ppo"
+    needs_reference = True
+
+    def __init__(self, config, tokenizer):
+        self.config, self.tokenizer, p = config, tokenizer, config.ppo
+        if p.reward == "model":
+            raise ConfigError("ppo.reward=model is not implemented yet; use ppo.reward=rule")
+        if p.advantage == "group" and p.samples < 2:
+            raise ConfigError("ppo.advantage=group compares samples of one prompt: set "
+                              "ppo.samples >= 2")
+        rows = config.train.batch_size * p.samples
+        if rows % p.minibatches or (rows // p.minibatches) % config.train.grad_accum:
+            raise ConfigError(f"a rollout's {rows} rows (train.batch_size x ppo.samples) do not "
+                              f"split into ppo.minibatches={p.minibatches} of train.grad_accum="
+                              f"{config.train.grad_accum} microbatches")
+        self.eos = getattr(tokenizer, "eos_id", None)
+        train, val = split_examples(p.prompts_file, "", config.sft.val_fraction, ("prompt",))
+        self.answers = {}
+        encoded = {name: [tokenizer.encode(config.sft.template.format(prompt=e["prompt"]))
+                          for e in examples] for name, examples in (("train", train),
+                                                                    ("val", val))}
+        self.width = max(len(t) for ts in encoded.values() for t in ts)
+        if self.width + p.max_new_tokens > config.model.max_seq_len:
+            raise ConfigError(f"prompts of {self.width} tokens + ppo.max_new_tokens="
+                              f"{p.max_new_tokens} exceed model.max_seq_len")
+        self.train_rows, self.val_rows = (self.rows(name, encoded[name], examples)
+                                          for name, examples in (("train", train), ("val", val)))
+        self.rows_per_example = p.samples
+        self.kl_coef = p.kl_coef    # adapted per rollout when ppo.target_kl > 0 (not saved)
+        self.rollout = self.sample  # on-policy: PostTrainer.train_step samples each batch
+        self._score = None          # jitted on the first rollout, for its trainer
+
+    def rows(self, split, encoded, examples):
+        """Left-padded prompt ids, their mask and each prompt's index into self.answers."""
+        answers = []
+        for e in examples:
+            answer = e.get("answer", e.get("response"))
+            if not isinstance(answer, str):
+                raise ConfigError(f"{self.config.ppo.prompts_file}: a line has no string "
+                                  "\"answer\" (or \"response\") for the rule reward")
+            answers.append(answer)
+        self.answers[split] = answers
+        ids = np.zeros((len(encoded), self.width), np.int32)
+        mask = np.zeros((len(encoded), self.width), bool)
+        for row, tokens in enumerate(encoded):
+            ids[row, self.width - len(tokens):], mask[row, self.width - len(tokens):] = tokens, 1
+        return {"prompt": ids, "prompt_mask": mask, "index": np.arange(len(encoded))}
+
+    def describe(self, rows) -> str:
+        return f"{len(rows['prompt']):,} prompts"
+
+    def init_head(self, rng, model_cfg):
+        """The value head (per token, like the reward model's); GRPO has none."""
+        if self.config.ppo.advantage == "group":
+            return None
+        return RewardTask.init_head(self, rng, model_cfg)
+
+    # ---------------------------------------------------------------- rollouts
+    def respond(self, trainer, params, prompts, mask, temperature, seed):
+        """Sampled (or, temperature 0, greedy) response ids and their texts up to eos."""
+        new = generate(trainer.plain_model, trainer.merged(params), prompts, mask,
+                       self.config.ppo.max_new_tokens, temperature=temperature,
+                       eos_token_id=self.eos, pad_token_id=0, seed=seed,
+                       vocab_size=trainer.vocab_size)
+        keep = response_mask(new, self.eos)
+        texts = [self.tokenizer.decode([t for t, k in zip(row, ks) if k and t != self.eos])
+                 for row, ks in zip(new.tolist(), keep)]
+        return new, keep, texts
+
+    def rewards(self, texts, answers):
+        """The rule reward: 1 for an exact match with the answer, else 0."""
+        return np.array([float(t == a) for t, a in zip(texts, answers)], np.float32)
+
+    def score(self, trainer, params, frozen, batch):
+        """Per-token log-probs of the policy and the reference, and the values (or zeros)."""
+        inputs = batch["tokens"][:, :-1]
+        kwargs = {"positions": batch["positions"], "mask": segment_mask(batch["segments"])}
+        logits, hidden, _ = trainer.forward(params, inputs, frozen=frozen, **kwargs)
+        reference = trainer.forward(None, inputs, frozen=frozen, **kwargs)[0]
+        return (token_logprobs(logits, batch["tokens"]),
+                token_logprobs(reference, batch["tokens"]), self.values(params, hidden))
+
+    def values(self, params, hidden):
+        if "head" not in params:
+            return jnp.zeros(hidden.shape[:2], jnp.float32)
+        return hidden.astype(jnp.float32) @ params["head"]["kernel"] + params["head"]["bias"][0]
+
+    def sample(self, trainer, state, batch):
+        """One rollout from train.batch_size prompts (x ppo.samples): (minibatches for the
+        optimizer steps, the rollout's metrics)."""
+        p, tc = self.config.ppo, self.config.train
+        batch = {k: np.asarray(jax.device_get(v)).reshape(-1, *v.shape[2:])
+                 for k, v in batch.items()}
+        prompts, mask = (np.repeat(batch[k], p.samples, 0) for k in ("prompt", "prompt_mask"))
+        answers = [self.answers["train"][i] for i in np.repeat(batch["index"], p.samples)]
+        step = int(jax.device_get(state["step"]))
+        new, keep, texts = self.respond(trainer, state["params"], prompts, mask, p.temperature,
+                                        tc.seed * 1_000_003 + step)
+        scores = self.rewards(texts, answers)
+        tokens = np.concatenate([prompts, new], axis=1)
+        valid = np.concatenate([mask, keep > 0], axis=1)
+        weights = np.zeros((len(tokens), tokens.shape[1] - 1), np.float32)
+        weights[:, self.width - 1:] = keep
+        experience = {"tokens": tokens.astype(np.int32),
+                      "positions": np.maximum(np.cumsum(valid, 1) - 1, 0)[:, :-1].astype(np.int32),
+                      "segments": valid[:, :-1].astype(np.int32), "weights": weights}
+        if self._score is None:
+            self._score = jax.jit(functools.partial(self.score, trainer))
+        logp, ref, values = trainer.in_mesh(self._score)(state["params"], trainer.frozen,
+                                                         experience)
+        w = jnp.asarray(weights)
+        kl = kl_penalty(logp, ref) * w
+        if p.advantage == "group":
+            shaped = jnp.asarray(scores) - self.kl_coef * kl.sum(axis=1)
+            advantages, returns = group_advantages(shaped, p.samples)[:, None] * w, values
+        else:
+            rewards = token_rewards(jnp.asarray(scores), kl, w, self.kl_coef)
+            advantages, returns = gae(rewards, values, w, p.gamma, p.lam)
+            advantages = whiten(advantages, w)
+        experience.update(old_logp=logp, old_values=values, advantages=advantages,
+                          returns=returns)
+        kl_per_response = float(kl.sum() / len(tokens))
+        metrics = {"reward_mean": float(scores.mean()), "reward_std": float(scores.std()),
+                   "kl": kl_per_response, "kl_coef": self.kl_coef,
+                   "response_length": float(keep.sum(axis=1).mean())}
+        if p.advantage == "gae":
+            metrics["explained_variance"] = float(explained_variance(values, returns, w))
+        if p.target_kl:
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, kl_per_response, p.target_kl)
+        return self.minibatches(experience, step), metrics
+
+    def minibatches(self, experience, step):
+        """ppo.epochs shuffled passes of ppo.minibatches batches, each (grad_accum, rows, ...)."""
+        p, accum = self.config.ppo, self.config.train.grad_accum
+        experience = {k: np.asarray(v) for k, v in experience.items()}
+        rows = len(experience["tokens"])
+        for epoch in range(p.epochs):
+            order = np.random.default_rng([self.config.train.seed, step, epoch]).permutation(rows)
+            for part in np.array_split(order, p.minibatches):
+                yield {k: v[part].reshape(accum, len(part) // accum, *v.shape[1:])
+                       for k, v in experience.items()}
+
+    # ---------------------------------------------------------------- the loss
+    def loss(self, trainer, params, frozen, batch, rng):
+        p, w = self.config.ppo, batch["weights"]
+        logits, hidden, aux = trainer.forward(
+            params, batch["tokens"][:, :-1], frozen=frozen, rng=rng,
+            positions=batch["positions"], mask=segment_mask(batch["segments"]))
+        logp = token_logprobs(logits, batch["tokens"])
+        loss, metrics = policy_loss(logp, batch["old_logp"], batch["advantages"], w, p.clip)
+        ent = entropy(logits, w)
+        metrics.update(policy_loss=loss, entropy=ent)
+        loss = loss - p.entropy_coef * ent
+        if "head" in params:
+            v = value_loss(self.values(params, hidden), batch["old_values"], batch["returns"],
+                           w, p.value_clip)
+            metrics["value_loss"] = v
+            loss = loss + p.value_coef * v
+        return with_aux(trainer, loss, aux, metrics)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, trainer, params) -> dict:
+        """Greedy exact-match accuracy on the held-out prompts."""
+        rows, answers = self.val_rows, self.answers["val"]
+        limit = self.config.train.batch_size * max(self.config.train.eval_batches, 1)
+        _, _, texts = self.respond(trainer, params, rows["prompt"][:limit],
+                                   rows["prompt_mask"][:limit], 0.0, 0)
+        return {"val_accuracy": float(self.rewards(texts, answers[:limit]).mean())}
