@@ -157,3 +157,32 @@ def test_ppo_command_writes_its_metrics(bandit, tmp_path):
     for key in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "value_loss",
                 "explained_variance", "response_length", "loss", "val_accuracy"):
         assert key in logged[-1], key
+
+
+def test_ppo_with_lora_keeps_the_reference_and_raises_the_answer(bandit):
+    config = ppo_config(bandit, "lora.rank=4", "lora.targets=attention|mlp", "optimizer.lr=1e-2")
+    trainer, iterator, _, _ = Stage("ppo", **QUIET).build(
+        config, make_mesh(config.mesh, jax.devices()[:1]))
+    reference = jax.tree.map(np.array, jax.device_get(trainer.frozen))   # a copy, not a view
+    state = trainer.init_state()
+    before = probability_of(trainer, state["params"], "a")
+    for step in range(1, 6):
+        state, metrics = trainer.train_step(state, trainer.put_batch(next(iterator), step))
+    assert probability_of(trainer, state["params"], "a") > before + 0.05, metrics
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen), reference)
+
+
+def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(bandit, tmp_path):
+    from foundations.train.checkpoint import restore_latest
+    config = ppo_config(bandit, "train.steps=4", "ppo.epochs=1")
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    train(config, tmp_path / "whole", mesh=mesh, progress=False, stage=Stage("ppo", **QUIET))
+    train(config, tmp_path / "parts", mesh=mesh, progress=False, stop_at=2,
+          stage=Stage("ppo", **QUIET))
+    train(config, tmp_path / "parts", mesh=mesh, progress=False, stage=Stage("ppo", **QUIET))
+    trainer = Stage("ppo", **QUIET).build(config, mesh)[0]
+    whole, parts = (restore_latest(tmp_path / run, config.checkpoint, trainer.abstract_state)
+                    for run in ("whole", "parts"))
+    assert int(whole["step"]) == int(parts["step"]) == 4
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole["params"]),
+                 jax.device_get(parts["params"]))
