@@ -186,3 +186,44 @@ def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(bandit, tmp_path):
     assert int(whole["step"]) == int(parts["step"]) == 4
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole["params"]),
                  jax.device_get(parts["params"]))
+
+
+def test_ppo_from_a_reward_model(bandit, tmp_path):
+    """A reward run that prefers "a" to "b" scores the rollouts (bit-identical throughout), and
+    its scores equal the reward model read on right-padded rows, as it was trained."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": "pick", "chosen": "a", "rejected": "b"})
+                             + "\n" for _ in range(100)))
+    mesh = make_mesh(load_config(None, TINY).mesh, jax.devices()[:1])
+    rm = load_config(None, TINY + [f"reward.train_file={pairs}", "train.steps=20",
+                                   f"train.init_from={bandit / 'sft'}"])
+    train(rm, tmp_path / "rm", mesh=mesh, progress=False, stage=Stage("reward", **QUIET))
+    config = ppo_config(bandit, "ppo.reward=model", f"ppo.reward_model={tmp_path / 'rm'}",
+                        "ppo.max_new_tokens=2")
+    trainer, iterator, _, _ = Stage("ppo", **QUIET).build(config, mesh)
+    state = trainer.init_state()
+    before = probability_of(trainer, state["params"], "a")
+    for step in range(1, 6):
+        state, metrics = trainer.train_step(state, trainer.put_batch(next(iterator), step))
+        if step == 1:
+            reward = jax.tree.map(np.array, jax.device_get(trainer.task.reward_params))
+    assert probability_of(trainer, state["params"], "a") > before + 0.05, metrics
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.task.reward_params),
+                 reward)
+    # the rollout's scores against the reward stage's own reading of "Q: pick A: a<eos>"
+    from foundations.post.stages import RewardTask
+    tok = trainer.task.tokenizer
+    row = np.array([tok.encode("Q: pick A: a") + [tok.eos_id]], np.int32)
+    weights = np.zeros((1, row.shape[1] - 1), np.float32)
+    weights[0, -2:] = 1
+    padded = np.concatenate([np.zeros((1, 3), np.int32), row], axis=1)   # left-padded
+    direct = trainer.task.model_scores(trainer, trainer.task.reward_params, {
+        "tokens": padded, "weights": np.concatenate([np.zeros((1, 3)), weights], axis=1),
+        "positions": np.concatenate([[[0, 0, 0]], np.arange(row.shape[1] - 1)[None]], 1),
+        "segments": (np.arange(padded.shape[1] - 1) >= 3).astype(np.int32)[None]})
+    rm_trainer = Stage("reward", **QUIET).build(rm, mesh)[0]
+    params = {"model": trainer.task.reward_params["model"],
+              "head": trainer.task.reward_params["head"]}
+    expected, _ = RewardTask.scores(rm_trainer.task, rm_trainer, params, rm_trainer.frozen, None,
+                                    jnp.asarray(row), jnp.asarray(weights))
+    np.testing.assert_allclose(direct, expected, rtol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,10 @@ import optax
 from foundations.config import ConfigError
 from foundations.inference import generate
 from foundations.models.attention import segment_mask
+from foundations.parallel.mesh import replicated
 from foundations.post.data import split_examples
 from foundations.post.stages import BaseTask, RewardTask, with_aux
+from foundations.train.warm_start import params_from_run
 
 
 def masked_mean(x, mask):
@@ -137,8 +140,9 @@ class PpoTask(BaseTask):
 
     def __init__(self, config, tokenizer):
         self.config, self.tokenizer, p = config, tokenizer, config.ppo
-        if p.reward == "model":
-            raise ConfigError("ppo.reward=model is not implemented yet; use ppo.reward=rule")
+        if p.reward == "model" and not p.reward_model:
+            raise ConfigError("ppo.reward=model needs ppo.reward_model, a `foundations reward` "
+                              "run directory")
         if p.advantage == "group" and p.samples < 2:
             raise ConfigError("ppo.advantage=group compares samples of one prompt: set "
                               "ppo.samples >= 2")
@@ -163,6 +167,7 @@ class PpoTask(BaseTask):
         self.kl_coef = p.kl_coef    # adapted per rollout when ppo.target_kl > 0 (not saved)
         self.rollout = self.sample  # on-policy: PostTrainer.train_step samples each batch
         self._score = None          # jitted on the first rollout, for its trainer
+        self.reward_params = None   # ppo.reward=model: loaded on the first rollout, frozen
 
     def rows(self, split, encoded, examples):
         """Left-padded prompt ids, their mask and each prompt's index into self.answers."""
@@ -205,6 +210,32 @@ class PpoTask(BaseTask):
         """The rule reward: 1 for an exact match with the answer, else 0."""
         return np.array([float(t == a) for t, a in zip(texts, answers)], np.float32)
 
+    def load_reward_model(self, trainer):
+        """The reward run's {model, head} on this trainer's shardings: a full fine-tune of the
+        policy's architecture (a `foundations reward` run without adapters)."""
+        head = jax.eval_shape(lambda: nn.unbox(self.reward_head(trainer.model_cfg)))
+        wanted = {"model": trainer.abstract_base,
+                  "head": jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                      x.shape, x.dtype, sharding=replicated(trainer.mesh)), head)}
+        params = params_from_run(self.config.ppo.reward_model, None, trainer, wanted=wanted)
+        score = jax.jit(functools.partial(self.model_scores, trainer))
+        return params, score
+
+    @staticmethod
+    def reward_head(model_cfg):
+        return RewardTask.init_head(None, jax.random.PRNGKey(0), model_cfg)
+
+    def model_scores(self, trainer, reward, batch):
+        """The reward model's score of each response: its head on the hidden state at the
+        last response target (as `RewardTask.scores` reads it), prompts' padding masked."""
+        _, hidden, _ = trainer.forward(
+            None, batch["tokens"][:, :-1], frozen={"base": reward["model"]},
+            positions=batch["positions"], mask=segment_mask(batch["segments"]))
+        w = batch["weights"]
+        last = w.shape[1] - 1 - jnp.argmax(w[:, ::-1], axis=1)
+        read = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        return read.astype(jnp.float32) @ reward["head"]["kernel"] + reward["head"]["bias"][0]
+
     def score(self, trainer, params, frozen, batch):
         """Per-token log-probs of the policy and the reference, and the values (or zeros)."""
         inputs = batch["tokens"][:, :-1]
@@ -230,7 +261,6 @@ class PpoTask(BaseTask):
         step = int(jax.device_get(state["step"]))
         new, keep, texts = self.respond(trainer, state["params"], prompts, mask, p.temperature,
                                         tc.seed * 1_000_003 + step)
-        scores = self.rewards(texts, answers)
         tokens = np.concatenate([prompts, new], axis=1)
         valid = np.concatenate([mask, keep > 0], axis=1)
         weights = np.zeros((len(tokens), tokens.shape[1] - 1), np.float32)
@@ -238,6 +268,13 @@ class PpoTask(BaseTask):
         experience = {"tokens": tokens.astype(np.int32),
                       "positions": np.maximum(np.cumsum(valid, 1) - 1, 0)[:, :-1].astype(np.int32),
                       "segments": valid[:, :-1].astype(np.int32), "weights": weights}
+        if p.reward == "model":
+            if self.reward_params is None:
+                self.reward_params, self._reward_score = self.load_reward_model(trainer)
+            scores = np.asarray(trainer.in_mesh(self._reward_score)(self.reward_params,
+                                                                    experience))
+        else:
+            scores = self.rewards(texts, answers)
         if self._score is None:
             self._score = jax.jit(functools.partial(self.score, trainer))
         logp, ref, values = trainer.in_mesh(self._score)(state["params"], trainer.frozen,
