@@ -154,6 +154,9 @@ def test_ppo_command_writes_its_metrics(bandit, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text()
               .splitlines()]
     assert [m["step"] for m in logged] == [1, 2]
+    # a step's tokens: 16 rows of 11 prompt + 2 response tokens sampled (2), scored by policy
+    # and reference (2 x 12 inputs) and trained for 4 epochs (4 x 12)
+    assert logged[-1]["tokens"] == 2 * (16 * 2 + 16 * 12 * 2 + 4 * 16 * 12)
     for key in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "value_loss",
                 "explained_variance", "response_length", "loss", "val_accuracy"):
         assert key in logged[-1], key

@@ -194,6 +194,17 @@ class PpoTask(BaseTask):
             return None
         return RewardTask.init_head(self, rng, model_cfg)
 
+    def step_work(self, trainer) -> tuple[int, float]:
+        """(tokens, model FLOPs) of one rollout step: sampling the responses and scoring the
+        rows (policy, reference and any reward model: forward only, a third of training's
+        FLOPs per token), then ppo.epochs passes of training on them."""
+        p = self.config.ppo
+        rows = self.config.train.batch_size * p.samples
+        length = self.width + p.max_new_tokens - 1
+        forward = rows * p.max_new_tokens + rows * length * (3 if p.reward == "model" else 2)
+        trained = p.epochs * rows * length
+        return trained + forward, (trained + forward / 3) * trainer.flops_per_token
+
     # ---------------------------------------------------------------- rollouts
     def respond(self, trainer, params, prompts, mask, temperature, seed):
         """Sampled (or, temperature 0, greedy) response ids and their texts up to eos."""

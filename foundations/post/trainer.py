@@ -258,6 +258,8 @@ class PostTrainer(Trainer):
         pair) of seq_len (plus a soft prompt), trained; and, when the task needs the reference
         (DPO), the same rows once more through the frozen model, forward only (a third of
         training's FLOPs)."""
+        if hasattr(self.task, "step_work"):   # PPO: rollouts, scoring and epochs of updates
+            return self.task.step_work(self)
         rows = self.config.train.batch_size * self.task.rows_per_example
         trained = rows * (self.seq_len + self.num_prompt)
         reference = rows * self.seq_len if self.task.needs_reference else 0
