@@ -189,6 +189,11 @@ def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(bandit, tmp_path):
     assert int(whole["step"]) == int(parts["step"]) == 4
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole["params"]),
                  jax.device_get(parts["params"]))
+    # a PPO run (its value head beside the model) starts another stage from its model
+    again = ppo_config(bandit, f"train.init_from={tmp_path / 'whole'}")
+    trainer = Stage("ppo", **QUIET).build(again, mesh)[0]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen["base"]),
+                 jax.device_get(whole["params"]["model"]))
 
 
 def test_ppo_from_a_reward_model(bandit, tmp_path):

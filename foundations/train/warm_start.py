@@ -62,9 +62,13 @@ def params_from_run(run_dir: str | Path, step: int | None, trainer, wanted=None)
         source = f"{directory / str(step)}"
         stored = manager.item_metadata(step)["state"]["params"]
         wanted = trainer.abstract_state["params"] if wanted is None else wanted
-        check_same_shapes(_shapes(stored), _shapes(wanted), source)
-        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
+        # a run with a head beside its model (PPO's value head) starts others from the model
+        inner = set(stored) == {"model", "head"} and "model" not in wanted
+        item = {"model": wanted} if inner else wanted
+        check_same_shapes(_shapes(stored["model"] if inner else stored), _shapes(wanted), source)
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), item)
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": wanted}, restore_args={"params": restore_args},
+            item={"params": item}, restore_args={"params": restore_args},
             partial_restore=True)))
-    return restored["state"]["params"]
+    params = restored["state"]["params"]
+    return params["model"] if inner else params
