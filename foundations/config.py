@@ -279,6 +279,8 @@ class DistributedConfig:
 
 
 LossKind = Literal["sigmoid", "ipo"]
+PpoReward = Literal["rule", "model"]
+PpoAdvantage = Literal["gae", "group"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,33 @@ class DpoConfig:
 
 
 @dataclass(frozen=True)
+class PpoConfig:
+    """PPO from a reward against the frozen init_from policy (post/ppo.py; Ouyang et al.)."""
+    prompts_file: str = knob("", "JSONL of {\"prompt\", \"answer\"} lines (\"response\" is read "
+                             "as the answer when there is no \"answer\")")
+    reward: PpoReward = knob("rule", "rule: 1 if the response is exactly the answer, else 0; "
+                             "model: the score of the reward_model run")
+    reward_model: str = knob("", "a `foundations reward` run directory (ppo.reward=model)")
+    advantage: PpoAdvantage = knob("gae", "gae: a value head and GAE; group: GRPO, each "
+                                   "score against the other samples of its prompt")
+    samples: int = knob(1, "responses sampled per prompt (group: >= 2); a rollout is "
+                        "train.batch_size prompts x samples", ">= 1")
+    max_new_tokens: int = knob(8, "longest response sampled", ">= 1")
+    temperature: float = knob(1.0, "sampling temperature of the rollouts", "> 0")
+    kl_coef: float = knob(0.05, "weight of the per-token KL penalty to the reference", ">= 0")
+    target_kl: float = knob(0.0, "> 0: adapt kl_coef toward this KL per response; 0: fixed",
+                            ">= 0")
+    gamma: float = knob(1.0, "discount of GAE", "[0, 1]")
+    lam: float = knob(0.95, "lambda of GAE", "[0, 1]")
+    clip: float = knob(0.2, "the policy ratio's clip range", "> 0")
+    value_clip: float = knob(0.2, "how far a value may move from the rollout's", "> 0")
+    value_coef: float = knob(0.5, "weight of the value loss", ">= 0")
+    entropy_coef: float = knob(0.0, "weight of an entropy bonus", ">= 0")
+    epochs: int = knob(4, "passes over each rollout", ">= 1")
+    minibatches: int = knob(2, "optimizer steps per epoch (the rollout's rows split)", ">= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -351,6 +380,7 @@ class Config:
     prefix_tuning: PrefixTuningConfig = field(default_factory=PrefixTuningConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
 
 
 # ------------------------------------------------------------------ reading and checking

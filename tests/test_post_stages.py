@@ -87,7 +87,7 @@ def test_a_post_trainer_takes_only_tasks():
         PostTrainer(load_config(None, SMALL), None, ByteTokenizer(), Untyped())
 
 
-@pytest.mark.parametrize("command", ["sft", "reward", "dpo"])
+@pytest.mark.parametrize("command", ["sft", "reward", "dpo", "ppo"])
 def test_post_commands_start_jax_distributed_first(command, monkeypatch):
     from foundations.parallel import distributed
     from foundations.post import cli

@@ -1,4 +1,4 @@
-"""`foundations sft|reward|dpo CONFIG [overrides] --run-dir DIR`; `merge` (LoRA into the base
+"""`foundations sft|reward|dpo|ppo CONFIG [overrides] --run-dir DIR`; `merge` (LoRA into the base
 weights), `answers` (exact-match accuracy) and `addition-pairs` (the synthetic task's JSONL)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from pathlib import Path
 
 STAGES = {"sft": "supervised fine-tuning on (prompt, response) JSONL",
           "reward": "a reward model on (prompt, chosen, rejected) JSONL",
-          "dpo": "direct preference optimisation against the init_from policy"}
+          "dpo": "direct preference optimisation against the init_from policy",
+          "ppo": "PPO (or GRPO) from a rule or reward-model reward on prompts JSONL"}
 
 
 def _stage(args) -> None:

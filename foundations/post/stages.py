@@ -210,7 +210,8 @@ class Stage:
     def build(self, config, mesh=None):
         from foundations.post.trainer import PostTrainer
         tokenizer = configured_tokenizer(config.data.tokenizer)
-        task = TASKS[self.kind](config, tokenizer)
+        from foundations.post.ppo import PpoTask   # on-policy; it builds on this module
+        task = {**TASKS, "ppo": PpoTask}[self.kind](config, tokenizer)
         mesh = mesh if mesh is not None else make_mesh(config.mesh)
         trainer = PostTrainer(config, mesh, tokenizer, task, self.log)
         trainable, base = trainer.trainable_count()
@@ -221,6 +222,8 @@ class Stage:
                                 jax.process_index(), jax.process_count())
 
         def validate(params):
+            if hasattr(task, "validate"):   # PPO: greedy answers, not the loss on a batch
+                return task.validate(trainer, params)
             return trainer.validate(params, eval_rows(task.val_rows, tc.batch_size,
                                                       tc.eval_batches))
         return trainer, iterator, validate, task.describe(task.train_rows)

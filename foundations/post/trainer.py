@@ -258,13 +258,32 @@ class PostTrainer(Trainer):
         pair) of seq_len (plus a soft prompt), trained; and, when the task needs the reference
         (DPO), the same rows once more through the frozen model, forward only (a third of
         training's FLOPs)."""
+        if hasattr(self.task, "step_work"):   # PPO: rollouts, scoring and epochs of updates
+            return self.task.step_work(self)
         rows = self.config.train.batch_size * self.task.rows_per_example
         trained = rows * (self.seq_len + self.num_prompt)
         reference = rows * self.seq_len if self.task.needs_reference else 0
         return trained + reference, (trained + reference / 3) * self.flops_per_token
 
     def train_step(self, state, batch):
-        return self.in_mesh(self._train_step)(state, self.frozen, batch)
+        if self.task.rollout is None:
+            return self.in_mesh(self._train_step)(state, self.frozen, batch)
+        return self.rollout_step(state, batch)
+
+    def rollout_step(self, state, batch):
+        """An on-policy step (PPO): the task samples experience from the policy for `batch`'s
+        prompts, then trains its minibatches (epochs of them); the state's step counts
+        rollouts, so the schedule, checkpoints and resume count them as the loop does."""
+        step = int(jax.device_get(state["step"]))
+        minibatches, rollout_metrics = self.task.rollout(self, state, batch)
+        results = []
+        for minibatch in minibatches:
+            state = {**state, "step": jnp.asarray(step, state["step"].dtype)}
+            minibatch = jax.device_put(minibatch, self.batch_sharding)
+            state, metrics = self.in_mesh(self._train_step)(state, self.frozen, minibatch)
+            results.append(metrics)
+        metrics = {k: jnp.mean(jnp.stack([m[k] for m in results])) for k in results[0]}
+        return state, {**metrics, **rollout_metrics}
 
     def validate(self, params, batches) -> dict:
         """The task's metrics averaged over validation batches, as val_<name>."""

@@ -55,6 +55,10 @@ def params_from_run(run_dir: str | Path, step: int | None, trainer, wanted=None)
         raise ConfigError(f"train.init_from: {run_dir} has no checkpoint of step {step} "
                           f"(it has {', '.join(map(str, sorted(steps)))})")
     wanted = trainer.abstract_state["params"] if wanted is None else wanted
-    check_same_shapes(_shapes(stored_params(run_dir, step)), _shapes(wanted),
+    stored = stored_params(run_dir, step)
+    # a run with a head beside its model (PPO's value head) starts others from the model
+    inner = set(stored) == {"model", "head"} and "model" not in wanted
+    check_same_shapes(_shapes(stored["model"] if inner else stored), _shapes(wanted),
                       f"{directory / str(step)}")
-    return restore_params(run_dir, step, wanted)
+    params = restore_params(run_dir, step, {"model": wanted} if inner else wanted)
+    return params["model"] if inner else params
