@@ -38,6 +38,12 @@ def test_gae_by_hand():
     np.testing.assert_allclose(advantages, [[0.0, 0.9 - 0.5, 0.8 - 0.4, 1.0 - 0.3]], rtol=1e-6)
 
 
+def test_response_mask_keeps_the_first_end_of_text_and_nothing_after():
+    new = np.array([[5, 9, 0, 0], [5, 6, 7, 8], [9, 9, 0, 0]])
+    np.testing.assert_array_equal(ppo.response_mask(new, eos=9),
+                                  [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+
+
 def test_token_rewards_put_the_score_on_the_last_token():
     mask = jnp.array([[0.0, 1.0, 1.0, 0.0]])
     kl = jnp.array([[3.0, 0.5, -0.25, 7.0]])

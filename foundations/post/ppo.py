@@ -3,6 +3,8 @@
 The pure pieces below work on per-token arrays (rows, T) of the response tokens with a mask
 (1 on response tokens, 0 on the prompt and after end-of-text): the KL penalty to the frozen
 reference, GAE, the clipped policy and value losses, entropy and explained variance.
+`PpoTask` is the `foundations ppo` stage on the shared loop: one loop step samples a rollout
+(PostTrainer.rollout_step), scores it, and trains ppo.epochs x ppo.minibatches steps on it.
 """
 
 from __future__ import annotations
