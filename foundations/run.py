@@ -159,6 +159,20 @@ def stored_params(run_dir: str | Path, step: int):
         return manager.item_metadata(step)["state"]["params"]
 
 
+def has_head(stored, wanted) -> bool:
+    """Whether a checkpoint's parameters hold a head beside the model ({"model", "head"}: the
+    reward model's, PPO's value head) where `wanted` is the model's tree alone."""
+    return set(stored) == {"model", "head"} and "model" not in wanted
+
+
+def restore_model_params(run_dir: str | Path, step: int, wanted):
+    """restore_params of the model alone (`wanted`: the model's tree), whatever head the run
+    trained beside it."""
+    if has_head(stored_params(run_dir, step), wanted):
+        return restore_params(run_dir, step, {"model": wanted})["model"]
+    return restore_params(run_dir, step, wanted)
+
+
 def restore_params(run_dir: str | Path, step: int, wanted):
     """The parameters of checkpoint `step`, restored onto the shardings of `wanted` (a tree of
     ShapeDtypeStructs); nothing else of the saved state is read."""
@@ -214,7 +228,7 @@ def load_run(run_dir: str | Path, overrides=(), single_device: bool = True) -> R
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise ConfigError(f"{run_dir / CHECKPOINTS} holds no checkpoint")
-    params = restore_params(run_dir, steps[-1], abstract_params(config, tokenizer, mesh))
+    params = restore_model_params(run_dir, steps[-1], abstract_params(config, tokenizer, mesh))
     return Run(run_dir, config, tokenizer, build_model(config), params, steps[-1], mesh)
 
 

@@ -166,6 +166,18 @@ def test_ppo_command_writes_its_metrics(bandit, tmp_path):
     for key in ("reward_mean", "reward_std", "kl", "entropy", "clip_fraction", "value_loss",
                 "explained_variance", "response_length", "loss", "val_accuracy"):
         assert key in logged[-1], key
+    # the run (its value head beside the model) is read by generate and eval like any run
+    from foundations.run import load_run, stored_params
+    run = load_run(tmp_path / "ppo")
+    stored = stored_params(tmp_path / "ppo", run.step)
+    assert set(stored) == {"model", "head"}
+
+    def shapes(tree):
+        return {jax.tree_util.keystr(path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    assert shapes(run.params) == shapes(stored["model"])
+    assert main(["generate", "--run-dir", str(tmp_path / "ppo"), "--prompt", "pick",
+                 "--max-new-tokens", "2", "--temperature", "0"]) in (0, None)
 
 
 def test_ppo_with_lora_keeps_the_reference_and_raises_the_answer(bandit):

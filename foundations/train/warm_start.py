@@ -15,7 +15,8 @@ from pathlib import Path
 import jax
 
 from foundations.config import ConfigError
-from foundations.run import CHECKPOINTS, checkpoint_steps, restore_params, stored_params
+from foundations.run import (CHECKPOINTS, checkpoint_steps, has_head, restore_model_params,
+                             stored_params)
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -55,10 +56,7 @@ def params_from_run(run_dir: str | Path, step: int | None, trainer, wanted=None)
         raise ConfigError(f"train.init_from: {run_dir} has no checkpoint of step {step} "
                           f"(it has {', '.join(map(str, sorted(steps)))})")
     wanted = trainer.abstract_state["params"] if wanted is None else wanted
-    stored = stored_params(run_dir, step)
-    # a run with a head beside its model (PPO's value head) starts others from the model
-    inner = set(stored) == {"model", "head"} and "model" not in wanted
-    check_same_shapes(_shapes(stored["model"] if inner else stored), _shapes(wanted),
-                      f"{directory / str(step)}")
-    params = restore_params(run_dir, step, {"model": wanted} if inner else wanted)
-    return params["model"] if inner else params
+    stored = stored_params(run_dir, step)  # a run with a value head starts others from its model
+    check_same_shapes(_shapes(stored["model"] if has_head(stored, wanted) else stored),
+                      _shapes(wanted), f"{directory / str(step)}")
+    return restore_model_params(run_dir, step, wanted)
