@@ -144,9 +144,10 @@ XLA_FAMILIES = {
 
 
 @functools.cache
-def compiled_counts(family: str, layers: int = 1):
+def compiled_counts(family: str, layers: int = 1, *extra: str):
     """(XLA's FLOPs for one forward + backward of a batch, ours, the trainer)."""
-    config = load_config(None, XLA_SHAPE + XLA_FAMILIES[family] + [f"model.num_layers={layers}"])
+    config = load_config(None, XLA_SHAPE + XLA_FAMILIES[family] + [f"model.num_layers={layers}",
+                                                                   *extra])
     trainer = make_trainer(config, configured_tokenizer("byte"),
                            make_mesh(config.mesh, jax.devices()[:1]))
     rows = np.random.default_rng(0).integers(0, 250, (ROWS, SEQ_LEN + 1)).astype(np.int32)
@@ -182,7 +183,10 @@ def test_flops_match_xlas_count_of_the_compiled_gradient(family):
 
 def test_xla_counts_a_scanned_layer_once():
     """Why the comparison above uses one layer, and why `foundations compile` says so."""
-    xla_1, ours_1, _ = compiled_counts("llama", 1)
-    xla_3, ours_3, _ = compiled_counts("llama", 3)
+    xla_1, ours_1, _ = compiled_counts("llama", 1, "model.scan_unroll=1")
+    xla_3, ours_3, _ = compiled_counts("llama", 3, "model.scan_unroll=1")
     assert ours_3 / ours_1 > 2.5
     assert xla_3 / xla_1 == pytest.approx(1.0, abs=0.02)
+    # unrolled (the CPU default, model.scan_unroll=0), XLA sees every layer
+    xla_3_unrolled = compiled_counts("llama", 3)[0]
+    assert xla_3_unrolled / xla_1 > 2.5
