@@ -74,3 +74,8 @@ def test_predict_refuses_what_it_cannot_do(capsys):
     assert main(["fit", "--predict", "1e20"]) == 2                   # no results, no law
     assert main(["fit", "--predict", "1e20", "--law", "E=1"]) == 2   # an incomplete law
     assert main(["fit", "--predict", "-1", "--law", LAW]) == 2
+    degenerate = LAW.replace("alpha=0.34", "alpha=-0.5")
+    assert degenerate != LAW
+    capsys.readouterr()
+    assert main(["fit", "--predict", "1e20", "--law", degenerate]) == 2
+    assert "no compute-optimal allocation (alpha=-0.5" in capsys.readouterr().err

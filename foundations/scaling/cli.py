@@ -70,6 +70,10 @@ def run_predict(args):
         if args.bootstrap:
             samples, _ = F.bootstrap_chinchilla(N, D, loss, n_boot=args.bootstrap, seed=args.seed,
                                                 full_fit=params)
+    if not (params["alpha"] > 0 and params["beta"] > 0):
+        raise ResultsError(f"--predict: the fitted L(N, D) has no compute-optimal allocation "
+                           f"(alpha={params['alpha']:.3g}, beta={params['beta']:.3g}; both must be "
+                           f"> 0); see the fit's report, or pass a law with --law")
     ladder = (ladder_from_grid(args.grid, n_column) if args.grid is not None
               else ladder_from_results(rows, n_column) if rows else [])
     prediction = predict(params, args.predict, samples, ladder)
