@@ -233,12 +233,12 @@ class PostTrainer(Trainer):
         return self.model_params(params, self.frozen if frozen is None else frozen)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, params, inputs, *, frozen=None, rng=None, train=None, **kwargs):
+    def forward(self, params, batch, *, frozen=None, rng=None, train=None, **kwargs):
         """`Trainer.forward` of the policy (`params`) or of the frozen reference (`params`
         None): (logits over the base vocabulary, final hidden states, aux losses). `frozen`
         defaults to this trainer's own (outside a jitted step only)."""
         frozen = self.frozen if frozen is None else frozen
-        out, hidden, aux = super().forward(params, inputs, frozen=frozen, rng=rng, train=train,
+        out, hidden, aux = super().forward(params, batch, frozen=frozen, rng=rng, train=train,
                                            **kwargs)
         if self.num_prompt and params is not None and not kwargs.get("hidden"):
             out = out[..., :self.vocab_size]

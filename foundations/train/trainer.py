@@ -137,10 +137,10 @@ class Trainer:
         return self._init(jax.random.PRNGKey(seed))
 
     # ---------------------------------------------------------------- steps
-    def forward(self, params, inputs, *, frozen=None, rng=None, train=None, **kwargs):
+    def forward(self, params, batch, *, frozen=None, rng=None, train=None, **kwargs):
         """The model on one batch, for every stage: (outputs, final hidden states, aux).
 
-        `inputs`: token ids (B, T), or a tuple of the model's positional inputs; `kwargs`: its
+        `batch`: token ids (B, T), or a tuple of the model's positional inputs; `kwargs`: its
         keyword inputs (positions, mask, segments, hidden). `params` is what trains; `frozen`
         what does not (post/: a frozen base), unused here. `train` (default: rng given) turns
         dropout on; without it sampling uses a fixed key. `aux` is the sum of the auxiliary
@@ -149,7 +149,7 @@ class Trainer:
         train = rng is not None if train is None else train
         model, variables, args, kwargs, skip = self.model_inputs(
             params, frozen, rng if train else None,
-            inputs if isinstance(inputs, tuple) else (inputs,), kwargs)
+            batch if isinstance(batch, tuple) else (batch,), kwargs)
         deterministic = self.model_cfg.dropout == 0.0 or not train
         rngs = {"sample": jax.random.PRNGKey(0) if rng is None else jax.random.fold_in(rng, 1)}
         if not deterministic:
