@@ -153,9 +153,25 @@ def checkpoint_steps(run_dir: str | Path) -> list[int]:
         return sorted(manager.all_steps())
 
 
+@contextlib.contextmanager
+def _reading(run_dir: Path, step: int):
+    """Guards a read of checkpoint `step`: orbax's failures (a damaged checkpoint fails in the
+    metadata read or in the array reads, with many exception types) become one CheckpointError
+    naming the checkpoint, the cause and a way forward; the checkpoint is left in place."""
+    try:
+        with quiet_failures():
+            yield
+    except Exception as e:
+        earlier = [n for n in checkpoint_steps(run_dir) if n < step]
+        advice = (f"move it aside to resume from step {max(earlier)}" if earlier
+                  else "move it aside to start afresh")
+        raise CheckpointError(f"cannot restore checkpoint {run_dir / CHECKPOINTS / str(step)} "
+                              f"({short_cause(e)}); it is left in place: {advice}") from e
+
+
 def stored_params(run_dir: str | Path, step: int):
     """The metadata (shapes, dtypes) of the parameters in checkpoint `step`."""
-    with _manager(Path(run_dir)) as manager:
+    with _reading(Path(run_dir), step), _manager(Path(run_dir)) as manager:
         return manager.item_metadata(step)["state"]["params"]
 
 
@@ -177,20 +193,11 @@ def restore_params(run_dir: str | Path, step: int, wanted):
     """The parameters of checkpoint `step`, restored onto the shardings of `wanted` (a tree of
     ShapeDtypeStructs); nothing else of the saved state is read."""
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), wanted)
-    path = Path(run_dir) / CHECKPOINTS / str(step)
-    with _manager(Path(run_dir)) as manager:
-        try:
-            with quiet_failures():
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item={"params": wanted},
-                                                 restore_args={"params": restore_args},
-                                                 partial_restore=True)))
-        except Exception as e:  # orbax raises many types; name the checkpoint and the cause
-            earlier = [n for n in manager.all_steps() if n < step]
-            advice = (f"move it aside to resume from step {max(earlier)}" if earlier
-                      else "move it aside to start afresh")
-            raise CheckpointError(f"cannot restore checkpoint {path} ({short_cause(e)}); it is "
-                                  f"left in place: {advice}") from e
+    with _reading(Path(run_dir), step), _manager(Path(run_dir)) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": wanted},
+                                         restore_args={"params": restore_args},
+                                         partial_restore=True)))
     return restored["state"]["params"]
 
 
