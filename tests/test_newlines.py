@@ -1,6 +1,8 @@
 """data.newlines: text reading (the files path and `foundations prepare`) turns \r\n and lone \r
 into \n unless told to keep them; the bundled corpora are UTF-8 with \n line endings."""
 
+from pathlib import Path
+
 import pytest
 
 from foundations.config import ConfigError, DataConfig, config_from_tree
@@ -64,3 +66,28 @@ def test_every_bundled_corpus_file_is_utf8_with_unix_newlines():
         data = path.read_bytes()
         data.decode("utf-8")  # raises on a non-UTF-8 file
         assert b"\r" not in data, f"{path} has \\r line endings"
+
+
+
+def test_tokenizer_trainers_read_files_with_line_endings_as_data_newlines_does(crlf):
+    from foundations.tokenizers.corpus import with_newlines
+    with with_newlines([crlf]) as normalized, with_newlines([crlf], "keep") as kept:
+        assert Path(normalized[0]).read_bytes() == NORMALIZED.encode("utf-8")
+        assert kept == [str(crlf)]
+    assert not Path(normalized[0]).exists()  # the scratch copy lives for the block only
+    with pytest.raises(ValueError, match="newlines"):
+        with with_newlines([crlf], "dos"):
+            pass
+
+
+def test_sentencepiece_trained_on_crlf_text_learns_no_carriage_returns_by_default(crlf, tmp_path):
+    """SentencePiece reads its files itself: by default it sees the normalised copy, and the
+    result equals training on the \\n file; --newlines keep lets it learn the \\r pieces."""
+    from foundations.tokenizers.cli import train_tokenizer
+    unix = tmp_path / "unix.txt"
+    unix.write_text(NORMALIZED, encoding="utf-8")
+    normalized = train_tokenizer("spm", [str(crlf)], 300)
+    reference = train_tokenizer("spm", [str(unix)], 300)
+    kept = train_tokenizer("spm", [str(crlf)], 300, newlines="keep")
+    assert normalized.encode(TEXT) == reference.encode(TEXT)
+    assert len(kept.encode(TEXT)) < len(reference.encode(TEXT))

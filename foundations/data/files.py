@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from foundations.config import ConfigError
+from foundations.tokenizers.corpus import NEWLINES, normalize_newlines
 
 BUNDLED_CORPORA = Path(__file__).parent / "corpora"
 
@@ -41,14 +42,6 @@ def expand_files(names: list[str], suffixes: tuple[str, ...] = (".txt",)) -> lis
         else:
             files.append(path)
     return files
-
-
-NEWLINES = ("keep", "normalize")
-
-
-def normalize_newlines(text: str) -> str:
-    """Windows (\\r\\n) and old Mac (lone \\r) line endings as \\n."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_text(path: Path, fallback_encoding: str = "",

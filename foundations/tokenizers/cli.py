@@ -10,7 +10,7 @@ import argparse
 import time
 
 from foundations.tokenizers import load_tokenizer
-from foundations.tokenizers.corpus import read_text_file
+from foundations.tokenizers.corpus import NEWLINES, read_text_file, with_newlines
 
 KINDS = ("bpe", "spm", "wordpiece")
 
@@ -27,6 +27,8 @@ def add_tokenize_parser(subparsers) -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="directory to save the tokenizer in")
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
                        help="SentencePiece model type (only for --kind spm)")
+    train.add_argument("--newlines", choices=NEWLINES, default="normalize",
+                       help="normalize: \\r\\n and lone \\r are read as \\n (like data.newlines)")
     train.add_argument("files", nargs="+", help="UTF-8 text files")
     train.set_defaults(func=train_command)
 
@@ -43,8 +45,15 @@ def add_tokenize_parser(subparsers) -> argparse.ArgumentParser:
     return tokenize
 
 
-def train_tokenizer(kind: str, files: list[str], vocab_size: int, model_type: str = "bpe"):
-    """Train a tokenizer of `kind` ("bpe", "spm" or "wordpiece") on `files`."""
+def train_tokenizer(kind: str, files: list[str], vocab_size: int, model_type: str = "bpe",
+                    newlines: str = "normalize"):
+    """Train a tokenizer of `kind` ("bpe", "spm" or "wordpiece") on `files`, their line endings
+    normalised unless newlines="keep"."""
+    with with_newlines(files, newlines) as readable:
+        return _train(kind, readable, vocab_size, model_type)
+
+
+def _train(kind: str, files: list[str], vocab_size: int, model_type: str):
     if kind == "bpe":
         from foundations.tokenizers.bpe import BPETokenizer
         return BPETokenizer.train(files, vocab_size)
@@ -59,7 +68,8 @@ def train_tokenizer(kind: str, files: list[str], vocab_size: int, model_type: st
 
 def train_command(args) -> None:
     start = time.perf_counter()
-    tokenizer = train_tokenizer(args.kind, args.files, args.vocab_size, args.model_type)
+    tokenizer = train_tokenizer(args.kind, args.files, args.vocab_size, args.model_type,
+                                args.newlines)
     tokenizer.save(args.out)
     print(f"trained {args.kind} tokenizer, vocab size {tokenizer.vocab_size}, "
           f"in {time.perf_counter() - start:.1f}s; saved to {args.out}")
