@@ -12,8 +12,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 # Many tests build the same tiny model on the same mesh; a compilation cache that lives for this
-# session lets later builds reuse the XLA executables instead of compiling them again.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="foundations-xla-"))
+# session lets later builds reuse the XLA executables instead of compiling them again. For the
+# edit-test loop, FOUNDATIONS_TEST_XLA_CACHE=<dir> keeps the cache between sessions (entries are
+# keyed by the exact program, jax version and flags, so a changed model compiles afresh); CI
+# leaves it unset and compiles everything once per run.
+jax.config.update("jax_compilation_cache_dir", os.environ.get("FOUNDATIONS_TEST_XLA_CACHE")
+                  or tempfile.mkdtemp(prefix="foundations-xla-"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

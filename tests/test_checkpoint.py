@@ -70,20 +70,25 @@ def test_saves_every_n_steps_and_keeps_the_last_k(uninterrupted, tmp_path):
     assert saved_steps(tmp_path) == [3, 4]
 
 
-def test_corrupt_checkpoint_is_named_and_left_in_place(tiny_config, tmp_path):
-    cfg = tiny_config("train.steps=3")
-    train(cfg, tmp_path, progress=False)
-    state_dir = tmp_path / "checkpoints" / "3" / "state"
+def test_corrupt_checkpoint_is_named_and_left_in_place(uninterrupted, tiny_config, tmp_path):
+    import shutil
+    shutil.copytree(uninterrupted[1], tmp_path, dirs_exist_ok=True)   # saved at steps 3 and 6
+    state_dir = tmp_path / "checkpoints" / "6" / "state"
     damaged = 0
     for f in state_dir.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 4)
             damaged += 1
     assert damaged
-    with pytest.raises(CheckpointError,
-                       match=r"cannot restore checkpoint .*checkpoints/3 .*start afresh"):
-        train(tiny_config("train.steps=5"), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match=r"cannot restore checkpoint .*checkpoints/6 .*left "
+                                              r"in place: move it aside to resume from step 3"):
+        train(tiny_config("train.steps=8"), tmp_path, progress=False)
     assert state_dir.is_dir()  # nothing deleted: the user can inspect or remove it
+    shutil.rmtree(tmp_path / "checkpoints" / "3")   # the only checkpoint: start afresh
+    with pytest.raises(CheckpointError,
+                       match=r"cannot restore checkpoint .*checkpoints/6 .*start afresh"):
+        train(tiny_config("train.steps=8"), tmp_path, progress=False)
+    assert state_dir.is_dir()
 
 
 def test_resuming_with_another_model_is_refused_and_keeps_the_run(uninterrupted, tiny_config,

@@ -45,6 +45,7 @@ def test_a_model_that_does_not_split_over_the_mesh_is_one_line():
         generate(model, params, PROMPTS, mesh=mesh, max_new_tokens=2)
 
 
+@pytest.mark.slow  # the end-to-end convert and generate commands
 def test_generate_command_on_a_mesh_writes_what_one_device_writes(tmp_path, capsys):
     from foundations.cli import main
     run = str(tmp_path / "run")

@@ -24,8 +24,6 @@ from foundations.parallel.mesh import MESH_AXES, feeds_own_rows, make_mesh
 from foundations.train.loop import train
 from foundations.train.metrics import read_metrics
 
-pytestmark = pytest.mark.slow  # real processes / the end-to-end command
-
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "multihost_local.sh"
 
@@ -94,6 +92,7 @@ def assert_same_losses(one: list[dict], two: list[dict]) -> None:
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), (a, b)
 
 
+@pytest.mark.slow  # real processes
 def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path, one_process):
     config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=3)
     proc = start_two(tmp_path, config_file, "--run-dir", str(tmp_path / "two"))
@@ -109,6 +108,7 @@ def test_two_processes_reach_the_same_loss_as_one(corpus, tmp_path, one_process)
                                                             "process_1-of-2.json"}
 
 
+@pytest.mark.slow  # real processes
 def test_sft_on_two_processes_equals_one(corpus, tmp_path):
     """Post-training commands start jax.distributed as `train` does: the same SFT losses."""
     from foundations.post.stages import Stage
@@ -126,6 +126,7 @@ def test_sft_on_two_processes_equals_one(corpus, tmp_path):
     assert_same_losses(logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two"))
 
 
+@pytest.mark.slow  # real processes
 def test_a_smaller_mesh_takes_devices_from_every_process(corpus, tmp_path, one_process):
     """data 2 x tensor 2 on 2 x 4 devices: 2 devices of each process, the processes splitting
     the batch; the losses are those of the whole mesh in one process."""
@@ -139,6 +140,7 @@ def test_a_smaller_mesh_takes_devices_from_every_process(corpus, tmp_path, one_p
     assert_same_losses(one, logged_losses(tmp_path / "two"))
 
 
+@pytest.mark.slow  # real processes
 def test_a_mesh_that_does_not_split_over_the_processes_is_one_line_from_each(corpus, tmp_path):
     """tensor=2 alone would replicate every batch over both processes, which each read only
     their own rows: refused by each, before anything is compiled."""
@@ -200,6 +202,7 @@ def test_a_mesh_that_cannot_feed_every_process_is_refused(sizes, message):
         make_mesh(MeshConfig(**sizes), TWO_HOSTS)
 
 
+@pytest.mark.slow  # real processes
 def test_a_dead_process_stops_the_others(corpus, tmp_path):
     config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=100_000)
     run_dir = tmp_path / "run"

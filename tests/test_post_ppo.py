@@ -127,10 +127,52 @@ def probability_of(trainer, params, text):
     return float(jax.nn.softmax(logits[0, -1].astype(jnp.float32))[token])
 
 
-@pytest.mark.parametrize("advantage", ["gae", "group"])
-def test_ppo_raises_the_rewarded_answer(bandit, advantage):
-    extra = ["ppo.samples=2"] if advantage == "group" else []
-    config = ppo_config(bandit, f"ppo.advantage={advantage}", *extra)
+@pytest.fixture(scope="module")
+def gae_runs(bandit, tmp_path_factory):
+    """The GAE bandit trained once for the tests that read it: the SFT model's p("a") and the
+    first rollout's metrics from a built trainer, then `train` for 5 rollout steps straight
+    through ("whole") and the same run stopped after step 2 and resumed ("parts")."""
+    root = tmp_path_factory.mktemp("gae")
+    config = ppo_config(bandit, "ppo.advantage=gae")
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    trainer, iterator, _, _ = Stage("ppo", **QUIET).build(config, mesh)
+    state = trainer.init_state()
+    before = probability_of(trainer, state["params"], "a")
+    # the first rollout: the policy is the reference and the old policy
+    minibatches, rollout = trainer.task.rollout(trainer, state, trainer.put_batch(next(iterator)))
+    first = jax.tree.map(lambda x: jnp.asarray(x[0]), next(iter(minibatches)))
+    _, step_metrics = trainer.loss(state["params"], first, None, trainer.frozen)
+    # stop_at keeps train.steps (and so the schedule) of the run above; both runs end at 5
+    train(config, root / "whole", mesh=mesh, progress=False, stop_at=5,
+          stage=Stage("ppo", **QUIET))
+    train(config, root / "parts", mesh=mesh, progress=False, stop_at=2,
+          stage=Stage("ppo", **QUIET))
+    train(config, root / "parts", mesh=mesh, progress=False, stop_at=5,
+          stage=Stage("ppo", **QUIET))
+    from foundations.train.checkpoint import restore_latest
+    whole, parts = (restore_latest(root / run, config.checkpoint, trainer.abstract_state)
+                    for run in ("whole", "parts"))
+    logged = [json.loads(line) for line in (root / "whole" / "metrics.jsonl").read_text()
+              .splitlines()]
+    return {"config": config, "mesh": mesh, "root": root, "before": before,
+            "after": probability_of(trainer, whole["params"], "a"), "rollout": rollout,
+            "step_metrics": jax.device_get(step_metrics), "whole": whole, "parts": parts,
+            "logged": logged}
+
+
+def test_ppo_raises_the_rewarded_answer_gae(gae_runs):
+    run = gae_runs
+    assert 0.2 < run["before"] < 0.8, run["before"]   # the SFT model answers both
+    assert run["rollout"]["kl"] == 0.0
+    assert float(run["step_metrics"]["ratio"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(run["step_metrics"]["clip_fraction"]) == 0.0
+    assert int(jax.device_get(run["whole"]["step"])) == 5   # one step per rollout
+    assert [m["step"] for m in run["logged"] if "loss" in m] == [1, 2, 3, 4, 5]
+    assert run["after"] > run["before"] + 0.1, (run["before"], run["after"], run["logged"][-1])
+
+
+def test_ppo_raises_the_rewarded_answer_group(bandit):
+    config = ppo_config(bandit, "ppo.advantage=group", "ppo.samples=2")
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     trainer, iterator, _, _ = Stage("ppo", **QUIET).build(config, mesh)
     state = trainer.init_state()
@@ -150,6 +192,7 @@ def test_ppo_raises_the_rewarded_answer(bandit, advantage):
     assert after > before + 0.1, (before, after, metrics)
 
 
+@pytest.mark.slow  # the end-to-end `ppo` and `generate` commands
 def test_ppo_command_writes_its_metrics(bandit, tmp_path):
     from foundations.cli import main
     (tmp_path / "tiny.yaml").write_text("train: {steps: 2}\n")
@@ -193,23 +236,14 @@ def test_ppo_with_lora_keeps_the_reference_and_raises_the_answer(bandit):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen), reference)
 
 
-def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(bandit, tmp_path):
-    from foundations.train.checkpoint import restore_latest
-    config = ppo_config(bandit, "train.steps=4", "ppo.epochs=1")
-    mesh = make_mesh(config.mesh, jax.devices()[:1])
-    train(config, tmp_path / "whole", mesh=mesh, progress=False, stage=Stage("ppo", **QUIET))
-    train(config, tmp_path / "parts", mesh=mesh, progress=False, stop_at=2,
-          stage=Stage("ppo", **QUIET))
-    train(config, tmp_path / "parts", mesh=mesh, progress=False, stage=Stage("ppo", **QUIET))
-    trainer = Stage("ppo", **QUIET).build(config, mesh)[0]
-    whole, parts = (restore_latest(tmp_path / run, config.checkpoint, trainer.abstract_state)
-                    for run in ("whole", "parts"))
-    assert int(whole["step"]) == int(parts["step"]) == 4
+def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(gae_runs, bandit):
+    whole, parts = gae_runs["whole"], gae_runs["parts"]
+    assert int(whole["step"]) == int(parts["step"]) == 5
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole["params"]),
                  jax.device_get(parts["params"]))
     # a PPO run (its value head beside the model) starts another stage from its model
-    again = ppo_config(bandit, f"train.init_from={tmp_path / 'whole'}")
-    trainer = Stage("ppo", **QUIET).build(again, mesh)[0]
+    again = ppo_config(bandit, f"train.init_from={gae_runs['root'] / 'whole'}")
+    trainer = Stage("ppo", **QUIET).build(again, gae_runs["mesh"])[0]
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen["base"]),
                  jax.device_get(whole["params"]["model"]))
 

@@ -78,6 +78,7 @@ def test_bad_grid_key_is_named(sweep_file):
         load_grid(sweep_file, ["grid.depth=[1]"])
 
 
+@pytest.mark.slow  # six training runs and the end-to-end sweep, fit and plot commands
 def test_sweep_resumes_then_fits_and_plots(sweep_file, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sweep"
     probed, real_probe = [], probe.next_word_probe  # the probe itself: test_probe.py
