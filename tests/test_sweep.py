@@ -140,9 +140,10 @@ def test_explicit_sizes_with_a_batch_each_and_a_tokens_per_param_window(sweep_fi
 
 
 def test_gutenberg_grid_fits_the_design(capsys):
-    """The default sweep: >= 5 budgets over >= 2 decades, each with >= 4 sizes whose D/N lies in
-    [2.5, 160] and brackets 20 (so its profile can have an interior minimum), >= 120 steps a run,
-    a batch per size (the same at every budget), warmup 5% and cosine to each run's length."""
+    """The default sweep: >= 5 budgets over >= 2 decades, each with >= 3 sizes (>= 4 but at the
+    smallest budget) whose D/N lies in [2.5, 160] and brackets 20 (so its profile can have an
+    interior minimum), >= 300 steps a run (fewer stay on the unigram plateau), a batch per size
+    (the same at every budget), warmup 5% and cosine to each run's length."""
     from pathlib import Path
     sweep = Path(__file__).parent.parent / "experiments" / "scaling" / "gutenberg.yaml"
     runs = plan_runs(*load_grid(sweep))
@@ -151,13 +152,13 @@ def test_gutenberg_grid_fits_the_design(capsys):
     batch = {}
     for r in runs:
         ratio = r.tokens / r.n_compute
-        assert 2.5 <= ratio <= 160 and r.config.train.steps >= 120, (r.run_id, ratio)
+        assert 2.5 <= ratio <= 160 and r.config.train.steps >= 300, (r.run_id, ratio)
         assert abs(r.flops - r.budget) / r.budget < 0.02
         assert r.config.schedule.warmup_steps == 0.05 and r.config.schedule.kind == "cosine"
         assert batch.setdefault(r.size, r.config.train.batch_size) == r.config.train.batch_size
     for C in budgets:
         ratios = [r.tokens / r.n_compute for r in runs if r.budget == C]
-        assert 4 <= len(ratios) <= 6, (C, ratios)
+        assert (3 if C == budgets[0] else 4) <= len(ratios) <= 6, (C, ratios)
         assert min(ratios) < 20 < max(ratios), (C, ratios)
     ladder = sorted({r.n_compute for r in runs})
     assert ladder[0] < 15e3 and ladder[-1] > 300e3
