@@ -164,6 +164,7 @@ def _add_optional_commands(commands) -> None:
     from foundations.compile import add_compile_parser
     from foundations.convert.cli import add_convert_parser
     from foundations.data.prepare import add_prepare_parser
+    from foundations.post.align import add_align_parser
     from foundations.post.cli import add_post_parser
     from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
                                            add_rag_parser)
@@ -181,6 +182,7 @@ def _add_optional_commands(commands) -> None:
     add_addition_parsers(commands)
     add_prepare_parser(commands)
     add_post_parser(commands)
+    add_align_parser(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
