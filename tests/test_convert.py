@@ -244,11 +244,27 @@ def test_cli_round_trip_eval_generate_and_init_from(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text((DATA / "make_references.py").read_text()[:4000])
     capsys.readouterr()
-    assert cli("eval", "--run-dir", run, text, "--max-batches", "1") == 0
+    # one window of 16 tokens: the mean next-token loss of the model from_hf reads directly
+    assert cli("eval", "--run-dir", run, text, "--max-batches", "1", "--batch-size", "1",
+               "--override", "data.seq_len=16") == 0
     loss = float(capsys.readouterr().out.split("loss ")[1].split(",")[0])
-    assert 0 < loss < 20
+    import optax
+    from foundations.convert.run import hf_tokenizer
+    from foundations.data.text import tokenize_files
+    from foundations.inference import generate
+    model, hf_params = from_hf(DATA / "llama")
+    tokenizer = hf_tokenizer(DATA / "llama")
+    tokens = np.asarray(tokenize_files([text], tokenizer)[0][:17])
+    logits = np.asarray(model.apply(hf_params, tokens[None, :16]))[0]
+    by_hand = float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, tokens[1:])))
+    assert loss == pytest.approx(by_hand, abs=1e-4)
+    # greedy: the prompt, then from_hf's model's 4 greedy tokens
     assert cli("generate", "--run-dir", run, "--prompt", "First", "--max-new-tokens", "4") == 0
-    assert capsys.readouterr().out.startswith("First")
+    new = generate(model, hf_params, np.asarray([tokenizer.encode("First")], np.int32),
+                   max_new_tokens=4, eos_token_id=tokenizer.eos_id,
+                   vocab_size=tokenizer.vocab_size)[0].tolist()
+    new = new[:new.index(tokenizer.eos_id)] if tokenizer.eos_id in new else new
+    assert capsys.readouterr().out == "First" + tokenizer.decode(new) + "\n"
 
     assert cli("convert", "to-hf", "--run-dir", run, tmp_path / "back") == 0
     for name in ("model.safetensors", "config.json", "tokenizer.model"):

@@ -107,7 +107,16 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
     assert main(["generate", "--run-dir", str(tmp_path / "t5"), "--prompt", "To be",
                  "--max-new-tokens", "5", "--top-k", "3", "--temperature", "0.7"]) == 0
     out, err = capsys.readouterr()
-    assert out.endswith("\n") and "tokens; the first after" in err
+    # what generate samples with those flags (seed 0), decoded up to its end-of-text
+    from foundations.run import load_run
+    run = load_run(tmp_path / "t5")
+    tok = run.tokenizer
+    new = generate(run.model, run.params, np.asarray([tok.encode("To be")], np.int32),
+                   max_new_tokens=5, temperature=0.7, top_k=3, seed=0, eos_token_id=tok.eos_id,
+                   pad_token_id=tok.pad_id, vocab_size=tok.vocab_size)[0].tolist()
+    count = new.index(tok.eos_id) + 1 if tok.eos_id in new else 5
+    assert out == tok.decode([i for i in new[:count] if i != tok.eos_id]) + "\n"
+    assert f"[{count} tokens; the first after" in err
     (tmp_path / "bert").mkdir()
     save_config(tiny_config("model.family=encoder", "objective.kind=mlm"),
                 tmp_path / "bert" / "config.yaml")

@@ -1,5 +1,6 @@
 """Prefix tuning: free keys/values in every layer equal the keys/values that real prefix tokens
-would have (checked on a position-free model), and only they train while the base stays put."""
+would have (checked on a position-free model), and only they are in the optimizer; that they
+train (finite-difference gradients, a falling loss) is tests/test_adapter_gradients.py."""
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ def test_prefixes_act_as_the_keys_and_values_of_real_tokens(built):
     trainer, _ = built
     base = trainer.frozen["base"]
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:2, :20])
-    context, rest = tokens[:, :3], tokens[:, 3:]
+    rest = tokens[:, 3:]
     # the keys and values each layer computes for the 3 context tokens (no positions: they
     # depend only on the tokens before them)
     _, sown = trainer.model.apply({"params": base}, tokens, capture_intermediates=lambda m, _:
@@ -58,17 +59,3 @@ def test_prefixes_act_as_the_keys_and_values_of_real_tokens(built):
                                    rtol=1e-5)
     alone, _, _ = trainer.forward(None, rest, frozen=trainer.frozen)   # the context matters
     assert not np.allclose(np.asarray(alone), np.asarray(whole), atol=1e-3)
-
-
-def test_only_the_prefixes_change_and_the_base_is_bit_identical(built):
-    trainer, iterator = built
-    before = jax.tree.map(np.array, trainer.frozen["base"])
-    state = trainer.init_state()
-    start = jax.tree.map(np.array, state["params"])
-    for step in range(2):
-        state, metrics = trainer.train_step(state, trainer.put_batch(next(iterator), step))
-    assert np.isfinite(float(metrics["loss"]))
-    jax.tree.map(np.testing.assert_array_equal, before,
-                 jax.tree.map(np.array, trainer.frozen["base"]))
-    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(state["params"])):
-        assert not np.array_equal(a, np.asarray(b))

@@ -1,5 +1,6 @@
-"""Prompt tuning: soft-prompt shapes, the model reads them as a causal prefix, and only they
-train while the base stays bit-identical."""
+"""Prompt tuning: soft-prompt shapes, only they are trained, and the model reads them as a causal
+prefix (vectors equal to real tokens' embeddings are those tokens prepended); that they train
+(finite-difference gradients, a falling loss) is tests/test_adapter_gradients.py."""
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +35,24 @@ def test_shapes_and_trainable_parameters(built):
     assert trainer.trainable_count()[0] == 5 * 32
     moments = [x.shape for x in jax.tree.leaves(state["opt_state"]) if x.shape]
     assert moments == [(5, 32), (5, 32)]
+
+
+def test_a_soft_prompt_of_real_token_embeddings_is_those_tokens_prepended(built):
+    """Soft-prompt vectors equal to the embeddings of 5 real tokens: the tuned model's logits
+    and hidden states are the plain model's on those 5 tokens followed by the input."""
+    config, trainer, _ = built
+    base = trainer.frozen["base"]
     tokens = jnp.asarray(trainer.task.val_rows["tokens"][:2, :-1])
-    logits, hidden, _ = trainer.forward(state["params"], tokens, frozen=trainer.frozen)
-    assert logits.shape == (2, 48, config.model.vocab_size) and hidden.shape == (2, 48, 32)
+    real = jnp.asarray([ord(c) for c in "12+3="])
+    params = {"prompt": base["token_embed"]["embedding"][real]}
+    logits, hidden, _ = trainer.forward(params, tokens, frozen=trainer.frozen)
+    ids = jnp.concatenate([jnp.broadcast_to(real, (2, 5)), tokens], axis=1)
+    plain, plain_hidden, _ = trainer.forward(None, ids, frozen=trainer.frozen)
+    assert logits.shape == (2, 48, config.model.vocab_size)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(plain[:, 5:]), atol=2e-5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(plain_hidden[:, 5:]), atol=2e-5,
+                               rtol=1e-5)
 
 
 def test_soft_prompt_is_a_causal_prefix_of_the_input(built):
@@ -62,15 +78,3 @@ def test_soft_prompt_is_a_causal_prefix_of_the_input(built):
                                    np.asarray(plain[r][first[r]]), atol=2e-5, rtol=1e-5)
     untuned, _, _ = trainer.forward(None, tokens, frozen=trainer.frozen)
     assert not np.allclose(np.asarray(untuned), np.asarray(tuned), atol=1e-3)
-
-
-def test_only_the_prompt_changes_and_the_base_is_bit_identical(built):
-    _, trainer, iterator = built
-    before = jax.tree.map(np.array, trainer.frozen["base"])
-    state = trainer.init_state()
-    start = np.array(state["params"]["prompt"])
-    for step in range(2):
-        state, _ = trainer.train_step(state, trainer.put_batch(next(iterator), step))
-    jax.tree.map(np.testing.assert_array_equal, before,
-                 jax.tree.map(np.array, trainer.frozen["base"]))
-    assert not np.array_equal(start, np.asarray(state["params"]["prompt"]))

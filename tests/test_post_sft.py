@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from foundations.config import load_config
+from foundations.config import load_config, replace
 from foundations.parallel.mesh import make_mesh
 from foundations.post.data import encode_example, pack_rows
 from foundations.post.stages import Stage, segment_mask
@@ -80,7 +80,9 @@ def test_tiny_sft_run_lowers_the_response_loss(addition, tmp_path):
     summary = train(config, tmp_path / "sft", mesh=mesh, progress=False,
                     stage=Stage("sft", log=lambda _: None))
     assert summary["val_loss"] < before - 1.0, (before, summary["val_loss"])
-    saved = (tmp_path / "sft" / "config.yaml").read_text()
-    assert "train_file" in saved
+    # the run's own config, all of it (model.scan_unroll as the trainer resolved it)
+    saved = load_config(tmp_path / "sft" / "config.yaml")
+    assert saved.model.scan_unroll >= 1 and saved.sft.train_file == str(addition["sft"])
+    assert saved == replace(config, {"model.scan_unroll": saved.model.scan_unroll})
     lines = [json.loads(l) for l in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert "val_response_accuracy" in lines[-1]

@@ -1,6 +1,7 @@
 """BM25 equals a hand computation; retrieval finds the passage that holds the answer on a small
-hand-made index (BM25, and dense MiniLM embeddings when that package is installed); the rag
-command prints the passages and an answer; bad passage folders are refused in one line."""
+hand-made index (BM25, and dense MiniLM embeddings when that package is installed); dense
+retrieval with a committed tiny BERT equals transformers' embeddings; the rag command prints the
+retrieved passages and the model's answer; bad passage folders are refused in one line."""
 
 import importlib.util
 import math
@@ -79,6 +80,29 @@ def test_dense_retrieval_with_minilm_finds_the_passage_with_the_answer(folder):
         assert retriever.top_k(question, 1)[0][0].name == holder, question
 
 
+def test_dense_retrieval_equals_transformers_with_a_tiny_bert(folder):
+    """The committed tiny BERT (tests/data/hf/bert, random weights): every passage's and
+    question's unit mean-pooled embedding, and so every score, equals transformers' on each
+    text alone (bert/retrieval.npz, make_retrieval_reference.py), though ours are padded into
+    one batch; top_k orders by those scores."""
+    import numpy as np
+    from foundations.prompting.rag import DenseRetriever
+    data = Path(__file__).parent / "data" / "hf" / "bert"
+    with np.load(data / "retrieval.npz") as ref:
+        ref = dict(ref)
+    passages = load_passages(folder)
+    assert [p.text for p in passages] == ref["passages"].tolist()
+    retriever = DenseRetriever(passages, data)
+    np.testing.assert_allclose(retriever.vectors, ref["passage_vectors"], atol=2e-5)
+    for question, expected in zip(ref["questions"].tolist(), ref["question_vectors"]):
+        np.testing.assert_allclose(retriever.embed([question])[0], expected, atol=2e-5)
+        ranked = retriever.top_k(question, len(passages))
+        scores = {p.name: score for p, score in ranked}
+        np.testing.assert_allclose([scores[p.name] for p in passages],
+                                   ref["passage_vectors"] @ expected, atol=2e-5)
+        assert [s for _, s in ranked] == sorted(scores.values(), reverse=True)
+
+
 def test_bad_passage_folders_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="is not a directory"):
         load_passages(tmp_path / "missing")
@@ -95,11 +119,21 @@ def test_rag_command_prints_the_passages_and_an_answer(folder, tiny_config, tmp_
     train(tiny_config("model.positions.kind=rope", "train.steps=1", "schedule.warmup_steps=0"),
           run, progress=False)
     capsys.readouterr()
+    # a window long enough for the whole prompt: the answer reads the passages
+    long = ["--override", "data.seq_len=256", "--override", "model.max_seq_len=256"]
+    question = "Who founded Freedonia?"
     assert cli(["rag", "--run-dir", str(run), "--passages", str(folder), "--question",
-                "Who founded Freedonia?", "--top-k", "2", "--max-new-tokens", "4"]) == 0
+                question, "--top-k", "2", "--max-new-tokens", "4", *long]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[") and "history.txt#1: Freedonia was founded in 1821" in out[0]
-    assert len(out) == 3 and out[2].startswith("answer:")
+    top = Retriever(load_passages(folder)).top_k(question, 2)
+    assert top[0][0].name == "history.txt#1"
+    from foundations.inference.text import generate_text
+    from foundations.run import load_run
+    loaded = load_run(run, long[1::2])
+    answer = generate_text(loaded.model, loaded.params, loaded.tokenizer,
+                           rag_prompt(question, [p for p, _ in top]), 4, 256)
+    assert out == [f"[{score:.3f}] {p.name}: {' '.join(p.text.split())}" for p, score in top] + [
+        f"answer: {answer.strip().splitlines()[0] if answer.strip() else ''}"]
     assert cli(["rag", "--run-dir", str(run), "--passages", str(folder), "--question", "x",
                 "--top-k", "0"]) == 2
     assert "--top-k must be >= 1" in capsys.readouterr().err

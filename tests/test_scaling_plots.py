@@ -8,7 +8,7 @@ import pytest
 from foundations.scaling import load_results
 from foundations.scaling.cli import add_fit_parser, add_plot_parser
 from foundations.scaling.plots import plot_probe_accuracy
-from foundations.scaling.synthetic import write_sweep
+from foundations.scaling.synthetic import optimal_n, write_sweep
 
 FIGURES = ["loss_vs_compute", "isoflop", "optimal_allocation", "predicted_vs_observed"]
 
@@ -51,9 +51,16 @@ def test_fit_writes_json_and_report(tmp_path, capsys):
     assert fit["chinchilla"]["ci"]["alpha"]["lo"] <= fit["chinchilla"]["params"]["alpha"] <= \
         fit["chinchilla"]["ci"]["alpha"]["hi"]
     assert 0.45 < fit["isoflop"]["fit"]["a"] < 0.58
-    for row in fit["compute_optimal"]:  # each budget's allocation spends exactly it: C = 6 N D
-        assert 6 * row["N_opt"] * row["D_opt"] == pytest.approx(row["C"], rel=1e-9)
-        assert row["tokens_per_param"] == pytest.approx(row["D_opt"] / row["N_opt"])
+    # Hoffmann et al. eq. 4 by hand from the fitted law: N_opt = G (C/6)^(beta/(alpha+beta)),
+    # G = (alpha A / (beta B))^(1/(alpha+beta)), D_opt = C / (6 N_opt); and near the true law's
+    p = fit["chinchilla"]["params"]
+    G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
+    for row in fit["compute_optimal"]:
+        n_opt = G * (row["C"] / 6) ** (p["beta"] / (p["alpha"] + p["beta"]))
+        assert row["N_opt"] == pytest.approx(n_opt, rel=1e-9)
+        assert row["D_opt"] == pytest.approx(row["C"] / (6 * n_opt), rel=1e-9)
+        assert row["tokens_per_param"] == pytest.approx(row["C"] / (6 * n_opt ** 2), rel=1e-9)
+        assert row["N_opt"] == pytest.approx(optimal_n(row["C"]), rel=0.1)
     # the synthetic sweep's largest budget (1e17) is held out and predicted from the others
     assert fit["extrapolation"]["held_out_budget"] == pytest.approx(1e17)
     assert fit["extrapolation"]["mean_abs_relative_error"] < 0.015
