@@ -92,6 +92,23 @@ def test_entropy_group_advantages_explained_variance_and_kl_controller():
     assert ppo.adaptive_kl_coef(0.1, kl=0.9, target=1.0) == pytest.approx(0.1 * 0.99)
 
 
+    delta = jnp.array([[0.0, 0.5, -1.0]])
+    np.testing.assert_allclose(ppo.kl_k3(delta * 0, delta)[0],
+                               np.exp([0.0, 0.5, -1.0]) - [0.0, 0.5, -1.0] - 1, rtol=1e-6)
+    assert float(ppo.kl_k3(delta, delta).max()) == 0.0
+
+
+def test_group_advantages_come_from_the_scores_alone_whatever_the_kl():
+    """GRPO: a group whose samples all score alike has no advantage even when their KLs to the
+    reference differ (divided by the group's std, folded-in KL noise would become +-1)."""
+    task = ppo.PpoTask.__new__(ppo.PpoTask)
+    task.config = load_config(None, ["ppo.advantage=group", "ppo.samples=2"])
+    task.kl_coef = 0.05
+    w = jnp.ones((4, 3))
+    kl = jnp.array([[0.3, 0.1, 0.0], [0.0, 0.0, 0.01], [0.2, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    advantages, _ = task.advantages(jnp.array([1.0, 1.0, 0.0, 1.0]), kl, jnp.zeros((4, 3)), w)
+    np.testing.assert_allclose(advantages, [[0] * 3, [0] * 3, [-1] * 3, [1] * 3], atol=1e-5)
+
 
 @pytest.fixture(scope="module")
 def bandit(tmp_path_factory):
@@ -185,9 +202,11 @@ def test_ppo_raises_the_rewarded_answer_group(bandit):
     _, step_metrics = trainer.loss(state["params"], first, None, trainer.frozen)
     assert float(step_metrics["ratio"]) == pytest.approx(1.0, abs=1e-6)
     assert float(step_metrics["clip_fraction"]) == 0.0
+    assert float(step_metrics["kl_loss"]) == 0.0   # GRPO's KL term, 0 at the reference
     for step in range(1, 6):
         state, metrics = trainer.train_step(state, trainer.put_batch(next(iterator), step))
     assert int(jax.device_get(state["step"])) == 5   # one step per rollout
+    assert float(metrics["kl_loss"]) > 0.0
     after = probability_of(trainer, state["params"], "a")
     assert after > before + 0.1, (before, after, metrics)
 

@@ -36,6 +36,13 @@ def kl_penalty(logp, ref_logp):
     return logp - ref_logp
 
 
+def kl_k3(logp, ref_logp):
+    """Schulman's unbiased, non-negative per-token KL(pi || ref) estimate for a loss term:
+    exp(ref - logp) - (ref - logp) - 1 (GRPO's penalty; 0 where the policy is the reference)."""
+    delta = ref_logp - logp
+    return jnp.exp(delta) - delta - 1.0
+
+
 def token_rewards(score, kl, mask, kl_coef):
     """-kl_coef * KL on every response token, plus the sequence's score on its last token."""
     last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
@@ -294,13 +301,10 @@ class PpoTask(BaseTask):
                                                          experience)
         w = jnp.asarray(weights)
         kl = kl_penalty(logp, ref) * w
-        if p.advantage == "group":
-            shaped = jnp.asarray(scores) - self.kl_coef * kl.sum(axis=1)
-            advantages, returns = group_advantages(shaped, p.samples)[:, None] * w, values
-        else:
-            rewards = token_rewards(jnp.asarray(scores), kl, w, self.kl_coef)
-            advantages, returns = gae(rewards, values, w, p.gamma, p.lam)
-            advantages = whiten(advantages, w)
+        advantages, returns = self.advantages(jnp.asarray(scores), kl, values, w)
+        if p.advantage == "group":   # the KL to the reference is a loss term (see advantages)
+            experience.update(ref_logp=ref, kl_coef=np.full(len(tokens), self.kl_coef,
+                                                            np.float32))
         experience.update(old_logp=logp, old_values=values, advantages=advantages,
                           returns=returns)
         kl_per_response = float(kl.sum() / len(tokens))
@@ -312,6 +316,18 @@ class PpoTask(BaseTask):
         if p.target_kl:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, kl_per_response, p.target_kl)
         return self.minibatches(experience, step), metrics
+
+    def advantages(self, scores, kl, values, w):
+        """(advantages, returns) per token. GAE: the KL-shaped token rewards, whitened. Group:
+        the scores alone against their group's; folding the KL in before dividing by the
+        group's std would blow KL noise up to unit advantages in a group whose samples all
+        score alike, so GRPO's KL is a loss term instead."""
+        p = self.config.ppo
+        if p.advantage == "group":
+            return group_advantages(scores, p.samples)[:, None] * w, values
+        rewards = token_rewards(scores, kl, w, self.kl_coef)
+        advantages, returns = gae(rewards, values, w, p.gamma, p.lam)
+        return whiten(advantages, w), returns
 
     def minibatches(self, experience, step):
         """ppo.epochs shuffled passes of ppo.minibatches batches, each (grad_accum, rows, ...)."""
@@ -335,6 +351,10 @@ class PpoTask(BaseTask):
         ent = entropy(logits, w)
         metrics.update(policy_loss=loss, entropy=ent)
         loss = loss - p.entropy_coef * ent
+        if "ref_logp" in batch:   # GRPO: the KL to the reference as its own term
+            kl = masked_mean(kl_k3(logp, batch["ref_logp"]), w)
+            metrics["kl_loss"] = kl
+            loss = loss + batch["kl_coef"][0] * kl
         if "head" in params:
             v = value_loss(self.values(params, hidden), batch["old_values"], batch["returns"],
                            w, p.value_clip)
