@@ -18,5 +18,8 @@ from foundations.config.parse import (build_section, close_matches, coerce, conf
                                       to_dict, tokenizer_vocab_size, type_name)
 from foundations.config.sections import *  # noqa: F401,F403  (every section, choice and knob)
 from foundations.config.sections import CheckpointError, Config, ConfigError, knob
-from foundations.config.validate import (FAMILY_OBJECTIVES, validate, validate_family,
-                                         validate_pipeline, validate_shards)
+from foundations.config.validate import (ADAPTER_KEYS, COMMAND_CHECKS, FAMILY_OBJECTIVES,
+                                         adapter_settings, validate, validate_adapters,
+                                         validate_family, validate_for, validate_pipeline,
+                                         validate_post, validate_ppo, validate_shards,
+                                         validate_stages)

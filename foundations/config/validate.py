@@ -40,6 +40,7 @@ def validate(config: Config) -> None:
     validate_shards(config)
     validate_pipeline(config)
     validate_family(config)
+    validate_adapters(config)
 
 
 def validate_shards(config: Config) -> None:
@@ -95,3 +96,80 @@ def validate_pipeline(config: Config) -> None:
                           f"mesh.microbatches={mesh.microbatches}")
     if mesh.stage > 1 and config.model.dropout > 0:
         raise ConfigError("model.dropout > 0 is not supported with mesh.stage > 1")
+    validate_stages(config, mesh.stage)
+
+
+def validate_stages(config: Config, stages: int) -> None:
+    """What a pipeline of `stages` stages runs (train/trainer.py asks this of its mesh too)."""
+    m = config.model
+    if stages > 1 and (m.family != "decoder" or config.objective.kind != "clm"
+                       or m.moe.num_experts or m.positions.kind in ("alibi", "t5_bias")
+                       or m.local_window_size):
+        raise ConfigError("mesh.stage > 1 runs causal decoders (objective.kind=clm) without "
+                          "experts, attention biases or sliding windows; set mesh.stage=1")
+
+
+# the settings that turn on each way of tuning part of a model (post/trainer.py METHODS)
+ADAPTER_KEYS = ("lora.rank", "prompt_tuning.num_tokens", "prefix_tuning.num_tokens")
+
+
+def adapter_settings(config: Config) -> list[str]:
+    """Which of ADAPTER_KEYS the config sets (> 0)."""
+    return [s for s in ADAPTER_KEYS if getattr(getattr(config, s.split(".")[0]),
+                                                    s.split(".")[1])]
+
+
+def validate_adapters(config: Config) -> None:
+    """LoRA, prompt and prefix tuning: at most one, on a model it can tune. Only post-training
+    stages tune adapters, so a config that sets one must also suit those (validate_post)."""
+    chosen = adapter_settings(config)
+    if len(chosen) > 1:
+        raise ConfigError("choose one of " + ", ".join(ADAPTER_KEYS) + " (set: "
+                          + ", ".join(chosen) + ")")
+    if not chosen:
+        return
+    validate_post(config)
+    m, p = config.model, config.prompt_tuning.num_tokens
+    if p and m.positions.kind == "learned" and config.data.seq_len + p > m.max_seq_len:
+        raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
+                          f"{p} exceeds model.max_seq_len={m.max_seq_len}")
+    if config.prefix_tuning.num_tokens and (m.local_window_size
+                                            or m.positions.kind in ("alibi", "t5_bias")):
+        raise ConfigError("prefix tuning needs attention without a sliding window or a "
+                          "position bias (model.local_window_size=0, positions.kind not "
+                          "alibi/t5_bias)")
+
+
+def validate_post(config: Config) -> None:
+    """What every post-training stage (sft, reward, dpo, ppo) needs of the model."""
+    if config.model.family != "decoder" or config.mesh.stage > 1:
+        raise ConfigError("post-training runs decoder models (model.family=decoder) with "
+                          "mesh.stage=1")
+
+
+def validate_ppo(config: Config) -> None:
+    """The ppo section's settings that must agree with each other and the batch."""
+    p, t = config.ppo, config.train
+    if p.reward == "model" and not p.reward_model:
+        raise ConfigError("ppo.reward=model needs ppo.reward_model, a `foundations reward` "
+                          "run directory")
+    if p.advantage == "group" and p.samples < 2:
+        raise ConfigError("ppo.advantage=group compares samples of one prompt: set "
+                          "ppo.samples >= 2")
+    rows = t.batch_size * p.samples
+    if rows % p.minibatches or (rows // p.minibatches) % t.grad_accum:
+        raise ConfigError(f"a rollout's {rows} rows (train.batch_size x ppo.samples) do not "
+                          f"split into ppo.minibatches={p.minibatches} of train.grad_accum="
+                          f"{t.grad_accum} microbatches")
+
+
+# the checks each command adds to validate(): what `foundations config --for COMMAND` runs
+COMMAND_CHECKS = {"train": (), "sft": (validate_post,), "reward": (validate_post,),
+                  "dpo": (validate_post,), "ppo": (validate_post, validate_ppo)}
+
+
+def validate_for(config: Config, command: str) -> None:
+    """Every config-only check `command` (a COMMAND_CHECKS key) makes before it reads data."""
+    validate(config)
+    for check in COMMAND_CHECKS[command]:
+        check(config)
