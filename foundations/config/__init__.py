@@ -14,8 +14,9 @@ from foundations.config.io import flat_settings, load_config, read_tree, save_co
 from foundations.config.migrate import (OLD_DERIVED_ZERO, OLD_KEYS, migrate, migrate_eval_windows,
                                         new_path, set_path)
 from foundations.config.parse import (build_section, close_matches, coerce, config_from_tree,
-                                      describe_keys, in_range, parse_override, replace, resolve,
-                                      to_dict, tokenizer_vocab_size, type_name)
+                                      checked, describe_keys, in_range, parse_override, replace,
+                                      resolve, section_from_flags, to_dict, tokenizer_vocab_size,
+                                      type_name)
 from foundations.config.sections import *  # noqa: F401,F403  (every section, choice and knob)
 from foundations.config.sections import CheckpointError, Config, ConfigError, knob
 from foundations.config.validate import (ADAPTER_KEYS, COMMAND_CHECKS, FAMILY_OBJECTIVES,

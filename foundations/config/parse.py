@@ -104,13 +104,25 @@ def build_section(cls, tree: Any, name: str):
         if dataclasses.is_dataclass(hints[key]):
             values[key] = build_section(hints[key], value, full)
             continue
-        value = coerce(full, value, hints[key])
-        check = fields[key].metadata.get("check")
-        if check and value is not None and not in_range(value, check):
-            raise ConfigError(f"{full}={value!r} must be "
-                              f"{'in ' if check[0] in '[(' else ''}{check}")
-        values[key] = value
+        values[key] = checked(full, value, hints[key], fields[key].metadata.get("check"))
     return cls(**values)
+
+
+def checked(full: str, value: Any, annotation, check: str | None) -> Any:
+    """One knob's value, coerced to its type and range-checked; errors name it `full`."""
+    value = coerce(full, value, annotation)
+    if check and value is not None and not in_range(value, check):
+        raise ConfigError(f"{full}={value!r} must be {'in ' if check[0] in '[(' else ''}{check}")
+    return value
+
+
+def section_from_flags(cls, values: dict[str, Any]):
+    """A section from command-line flags (`foundations prepare`): checked as a config's keys
+    are, each error naming the flag (--min-chars for min_chars)."""
+    hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    return cls(**{key: checked("--" + key.replace("_", "-"), value, hints[key],
+                               fields[key].metadata.get("check"))
+                  for key, value in values.items()})
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:

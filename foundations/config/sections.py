@@ -353,6 +353,24 @@ class PpoConfig:
 
 
 @dataclass(frozen=True)
+class PrepareConfig:
+    """`foundations prepare`'s options (data/prepare.py): a corpus -> shards. Not a section of
+    Config: the command's flags set it (their names, defaults and help come from here)."""
+    tokenizer: str = field(metadata={"doc": "'byte' or a saved tokenizer directory"})
+    val_fraction: float = knob(0.01, "share of documents held out for validation (at least one)",
+                               "[0, 1)")
+    text_key: str = knob("text", "JSONL: the field holding the text")
+    separator: str = knob("", "split text files into documents at this string (e.g. '\\n\\n\\n')")
+    min_chars: int = knob(1, "drop documents with fewer non-blank characters", ">= 0")
+    fallback_encoding: str = knob("", "as data.fallback_encoding: decode non-UTF-8 files so ('': "
+                                  "refuse them)")
+    shard_tokens: int = knob(1 << 26, "tokens per shard", "> 0")
+    workers: int = knob(0, "tokenizing processes; 0: one per core", ">= 0")
+    newlines: Newlines = knob("normalize", "as data.newlines: normalize reads \\r\\n and lone \\r "
+                              "as \\n; keep leaves them")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
