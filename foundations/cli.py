@@ -63,13 +63,15 @@ def _eval(args) -> None:
 
 def _config(args) -> None:
     import yaml
-    from foundations.config import ConfigError, describe_keys, load_config, to_dict
+    from foundations.config import (ConfigError, describe_keys, load_config, to_dict,
+                                    validate_for)
     if args.keys:
         print(describe_keys())
         return
     if args.config is None:
         raise ConfigError("give a CONFIG file to resolve, or --keys to list every key")
     config = load_config(args.config, args.overrides)
+    validate_for(config, args.for_command)
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
 
 
@@ -121,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. model.moe.num_experts=8")
     p.add_argument("--keys", action="store_true",
                    help="list every key with its type, default and doc")
+    from foundations.config.validate import COMMAND_CHECKS   # no JAX: yaml and dataclasses
+    p.add_argument("--for", dest="for_command", default="train", choices=tuple(COMMAND_CHECKS),
+                   help="also make the config-only checks of this command (default train; the "
+                        "post-training stages need a decoder on one stage, ppo its settings)")
     p.set_defaults(func=_config)
 
     p = commands.add_parser("eval", help="loss of a run on text, in sliding windows (decoders "

@@ -170,3 +170,50 @@ def test_config_command_prints_the_resolved_config_and_the_keys(capsys):
 def test_generate_refuses_a_negative_temperature(capsys, tmp_path):
     assert main(["generate", "--run-dir", str(tmp_path), "--temperature", "-1"]) == 2
     assert "--temperature must be >= 0" in capsys.readouterr().err
+
+
+# Checks that once lived in the trainers (post/trainer.py, train/trainer.py, post/ppo.py): each
+# needs only the config, so `foundations config` (and every command, on loading) refuses them
+# now, with one line naming the key; before, only the run itself found them.
+MOVED_CHECKS = [
+    ("train", ["lora.rank=4", "prompt_tuning.num_tokens=2"],
+     "choose one of lora.rank, prompt_tuning.num_tokens, prefix_tuning.num_tokens"),
+    ("train", ["model.max_seq_len=64", "data.seq_len=64", "prompt_tuning.num_tokens=8"],
+     "data.seq_len=64 + prompt_tuning.num_tokens=8 exceeds model.max_seq_len=64"),
+    ("train", ["prefix_tuning.num_tokens=4", "model.positions.kind=alibi"],
+     "prefix tuning needs attention without a sliding window or a position bias"),
+    ("train", ["lora.rank=4", "model.family=encoder", "objective.kind=mlm"],
+     "post-training runs decoder models (model.family=decoder)"),
+    ("train", ["mesh.stage=2", "model.positions.kind=alibi"],
+     "mesh.stage > 1 runs causal decoders (objective.kind=clm)"),
+    ("sft", ["model.family=encoder", "objective.kind=mlm"],
+     "post-training runs decoder models (model.family=decoder)"),
+    ("dpo", ["mesh.stage=2"], "post-training runs decoder models (model.family=decoder) with "
+                              "mesh.stage=1"),
+    ("ppo", ["ppo.reward=model"], "ppo.reward=model needs ppo.reward_model"),
+    ("ppo", ["ppo.advantage=group"], "ppo.advantage=group compares samples of one prompt: set "
+                                     "ppo.samples >= 2"),
+    ("ppo", ["ppo.minibatches=3"], "a rollout's 32 rows (train.batch_size x ppo.samples) do not "
+                                   "split into ppo.minibatches=3"),
+]
+
+
+@pytest.mark.parametrize("command, overrides, message", MOVED_CHECKS)
+def test_config_command_refuses_what_the_run_would(capsys, command, overrides, message):
+    smoke = str(EXPERIMENTS / "smoke.yaml")
+    args = ["config", smoke, *overrides] + (["--for", command] if command != "train" else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("foundations config: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert main(["config", smoke, "--for", command]) == 0   # the recipe itself passes
+    capsys.readouterr()
+
+
+def test_a_stage_refuses_its_config_before_reading_data(tmp_path):
+    """`sft` makes the same check (config.validate_for) before it looks for its data file."""
+    from foundations.post.stages import Stage
+    config = load_config(EXPERIMENTS / "smoke.yaml", ["model.family=encoder", "objective.kind=mlm",
+                                                      f"sft.train_file={tmp_path / 'none.jsonl'}"])
+    with pytest.raises(ConfigError, match="post-training runs decoder models"):
+        Stage("sft").build(config)

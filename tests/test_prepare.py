@@ -126,3 +126,17 @@ def test_jsonl_without_the_text_key_is_refused(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"body": "a"}\n')
     with pytest.raises(ConfigError, match=r"x.jsonl:1: no string field 'text'"):
         prepare([str(tmp_path)], tmp_path / "out", PrepareOptions("byte"), progress=False)
+
+
+def test_flags_come_from_the_config_system(tmp_path, capsys):
+    """`foundations prepare`'s defaults, choices and checks are config.PrepareConfig's knobs."""
+    import dataclasses
+    from foundations.cli import build_parser
+    from foundations.config import PrepareConfig
+    args = vars(build_parser().parse_args(["prepare", "x", "--tokenizer", "byte", "--out", "o"]))
+    for f in dataclasses.fields(PrepareConfig):
+        assert args[f.name] == (f.default if f.name != "tokenizer" else "byte")
+    assert main(["prepare", "x", "--tokenizer", "byte", "--out", str(tmp_path / "o"),
+                 "--shard-tokens", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "foundations prepare: error: --shard-tokens=0 must be > 0"

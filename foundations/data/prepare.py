@@ -17,13 +17,14 @@ import json
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from foundations.config import ConfigError
+from foundations.config import ConfigError, PrepareConfig, section_from_flags
 from foundations.data.encode import encode_task, start_worker
 from foundations.data.files import expand_files, jsonl_records, read_text
 from foundations.tokenizers import configured_tokenizer
@@ -36,17 +37,8 @@ TASK_CHARS = 1 << 22           # about this much text per worker task
 SPLITS = ("train", "val")
 
 
-@dataclass(frozen=True)
-class PrepareOptions:
-    tokenizer: str
-    val_fraction: float = 0.01
-    text_key: str = "text"
-    separator: str = ""
-    min_chars: int = 1
-    fallback_encoding: str = ""
-    shard_tokens: int = 1 << 26
-    workers: int = 0              # 0: one per CPU core
-    newlines: str = "normalize"   # as data.newlines: "keep" or "normalize" (\r\n, \r -> \n)
+class PrepareOptions(PrepareConfig):
+    """The options (config.PrepareConfig: their defaults, checks and docs live there)."""
 
     def settings(self) -> dict:
         """What the output depends on besides the inputs and the tokenizer's files."""
@@ -342,35 +334,36 @@ def add_prepare_parser(subparsers) -> None:
                                               "(train with data.shards=DIR)")
     p.add_argument("inputs", nargs="+", metavar="FILES_OR_DIRS",
                    help="text (*.txt) or JSONL (*.jsonl) files, or directories of them")
-    p.add_argument("--tokenizer", required=True, help="'byte' or a saved tokenizer directory")
+    option_flag(p, "tokenizer")
     p.add_argument("--out", required=True, help="directory for the shards and manifest.json")
-    p.add_argument("--val-fraction", type=float, default=0.01,
-                   help="share of documents held out for validation (at least one)")
-    p.add_argument("--workers", type=int, default=0, help="tokenizing processes; 0: one per core")
-    p.add_argument("--text-key", default="text", help="JSONL: the field holding the text")
-    p.add_argument("--separator", default="",
-                   help="split text files into documents at this string (e.g. '\\n\\n\\n')")
-    p.add_argument("--min-chars", type=int, default=1,
-                   help="drop documents with fewer non-blank characters")
-    p.add_argument("--fallback-encoding", default="",
-                   help="as data.fallback_encoding: decode non-UTF-8 files so ('': refuse them)")
-    p.add_argument("--newlines", choices=("keep", "normalize"), default="normalize",
-                   help="as data.newlines: normalize reads \\r\\n and lone \\r as \\n; keep leaves "
-                        "them")
-    p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard")
+    for name in ("val_fraction", "workers", "text_key", "separator", "min_chars",
+                 "fallback_encoding", "newlines", "shard_tokens"):
+        option_flag(p, name)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=prepare_command)
 
 
+def option_flag(parser, name: str) -> None:
+    """--NAME for the PrepareConfig field NAME: its type (or choices), default and doc."""
+    f, hint = {f.name: f for f in fields(PrepareConfig)}[name], \
+        typing.get_type_hints(PrepareConfig)[name]
+    kwargs = {"help": f.metadata["doc"]}
+    if f.default is MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = f.default
+    if typing.get_origin(hint) is typing.Literal:
+        kwargs["choices"] = typing.get_args(hint)
+    elif hint in (int, float):
+        kwargs["type"] = hint
+    parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
 def prepare_command(args) -> None:
-    if not 0 <= args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction={args.val_fraction} must be in [0, 1)")
-    if args.min_chars < 0 or args.workers < 0 or args.shard_tokens <= 0:
-        raise ConfigError("--min-chars and --workers must be >= 0, --shard-tokens > 0")
-    separator = args.separator.encode().decode("unicode_escape") if args.separator else ""
-    options = PrepareOptions(args.tokenizer, args.val_fraction, args.text_key, separator,
-                             args.min_chars, args.fallback_encoding, args.shard_tokens,
-                             args.workers, args.newlines)
+    values = {f.name: getattr(args, f.name) for f in fields(PrepareConfig)}
+    if values["separator"]:
+        values["separator"] = values["separator"].encode().decode("unicode_escape")
+    options = section_from_flags(PrepareOptions, values)   # checked as a config's knobs are
     before = read_manifest(Path(args.out))
     manifest = prepare(args.inputs, args.out, options, progress=not args.no_progress)
     if before is not None:

@@ -148,18 +148,7 @@ class PpoTask(BaseTask):
     needs_reference = True
 
     def __init__(self, config, tokenizer):
-        self.config, self.tokenizer, p = config, tokenizer, config.ppo
-        if p.reward == "model" and not p.reward_model:
-            raise ConfigError("ppo.reward=model needs ppo.reward_model, a `foundations reward` "
-                              "run directory")
-        if p.advantage == "group" and p.samples < 2:
-            raise ConfigError("ppo.advantage=group compares samples of one prompt: set "
-                              "ppo.samples >= 2")
-        rows = config.train.batch_size * p.samples
-        if rows % p.minibatches or (rows // p.minibatches) % config.train.grad_accum:
-            raise ConfigError(f"a rollout's {rows} rows (train.batch_size x ppo.samples) do not "
-                              f"split into ppo.minibatches={p.minibatches} of train.grad_accum="
-                              f"{config.train.grad_accum} microbatches")
+        self.config, self.tokenizer, p = config, tokenizer, config.ppo  # checked: validate_ppo
         self.eos = getattr(tokenizer, "eos_id", None)
         train, val = split_examples(p.prompts_file, "", config.sft.val_fraction, ("prompt",))
         self.answers = {}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from foundations.config import validate_for
 from foundations.tokenizers import configured_tokenizer
 from foundations.models.attention import segment_mask
 from foundations.objectives.losses import weighted_cross_entropy
@@ -209,6 +210,7 @@ class Stage:
 
     def build(self, config, mesh=None):
         from foundations.post.trainer import PostTrainer
+        validate_for(config, self.kind)   # config-only checks first, before any data is read
         tokenizer = configured_tokenizer(config.data.tokenizer)
         from foundations.post.ppo import PpoTask   # on-policy; it builds on this module
         task = {**TASKS, "ppo": PpoTask}[self.kind](config, tokenizer)

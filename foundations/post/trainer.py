@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.config import ConfigError, replace
+from foundations.config import ConfigError, adapter_settings, replace, validate_for
 from foundations.models.attention import segment_mask
 from foundations.models.families import build_model
 from foundations.parallel.mesh import batch_sharding, logical_shardings, replicated
@@ -31,9 +31,6 @@ class Method:
     trains the model's own tree."""
     name, setting = "full", ""
     trains_base = True   # the state's params are the model itself: no frozen base to keep
-
-    def check(self, config) -> None:
-        """Refuses a config this method cannot train."""
 
     def init(self, trainer, rng, base):
         return base
@@ -66,12 +63,6 @@ class Lora(Method):
 class Prompt(Method):
     """Soft-prompt ids first; every query sees them, they see only each other (causally)."""
     name, setting, trains_base = "prompt", "prompt_tuning.num_tokens", False
-
-    def check(self, config) -> None:
-        m, p = config.model, config.prompt_tuning.num_tokens
-        if m.positions.kind == "learned" and config.data.seq_len + p > m.max_seq_len:
-            raise ConfigError(f"data.seq_len={config.data.seq_len} + prompt_tuning.num_tokens="
-                              f"{p} exceeds model.max_seq_len={m.max_seq_len}")
 
     def init(self, trainer, rng, base):
         return {"prompt": adapters.init_soft_prompt(rng, trainer.num_prompt,
@@ -109,13 +100,6 @@ class Prompt(Method):
 class Prefix(Method):
     name, setting, trains_base = "prefix", "prefix_tuning.num_tokens", False
 
-    def check(self, config) -> None:
-        m = config.model
-        if m.local_window_size or m.positions.kind in ("alibi", "t5_bias"):
-            raise ConfigError("prefix tuning needs attention without a sliding window or a "
-                              "position bias (model.local_window_size=0, positions.kind not "
-                              "alibi/t5_bias)")
-
     def init(self, trainer, rng, base):
         return {"prefix": adapters.init_prefix(rng, trainer.config.prefix_tuning.num_tokens,
                                                trainer.model_cfg)}
@@ -133,17 +117,10 @@ ADAPTER_SETTINGS = {m.setting: 0 for m in METHODS.values() if m.setting}  # all 
 
 
 def method(config) -> str:
-    """'lora', 'prompt', 'prefix' or 'full' (every parameter trains): METHODS' keys."""
-    chosen = [m.name for m in METHODS.values() if m.setting and _setting(config, m.setting)]
-    if len(chosen) > 1:
-        raise ConfigError("choose one of " + ", ".join(ADAPTER_SETTINGS) + " (set: "
-                          + ", ".join(METHODS[c].setting for c in chosen) + ")")
-    return chosen[0] if chosen else "full"
-
-
-def _setting(config, dotted: str):
-    section, key = dotted.split(".")
-    return getattr(getattr(config, section), key)
+    """'lora', 'prompt', 'prefix' or 'full' (every parameter trains): METHODS' keys (at most
+    one is set: config.validate_adapters refuses more)."""
+    chosen = adapter_settings(config)
+    return next((m.name for m in METHODS.values() if m.setting in chosen[:1]), "full")
 
 
 class PostTrainer(Trainer):
@@ -155,12 +132,9 @@ class PostTrainer(Trainer):
     def __init__(self, config, mesh, tokenizer, task: Task, log=print):
         if not isinstance(task, Task):
             raise TypeError(f"{type(task).__name__} is not a post/stages.py Task")
+        validate_for(config, task.name)   # the config-only checks `foundations config` makes
         self.task, self.method = task, method(config)
         self.adapter = METHODS[self.method]
-        self.adapter.check(config)
-        if config.model.family != "decoder" or config.mesh.stage > 1:
-            raise ConfigError("post-training runs decoder models (model.family=decoder) with "
-                              "mesh.stage=1")
         self.vocab_size = config.model.vocab_size
         self.num_prompt = config.prompt_tuning.num_tokens
         super().__init__(config, mesh, tokenizer)   # its causal-LM objective passes rows on

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from foundations.config import Config, ConfigError, scan_unroll_for
+from foundations.config import Config, ConfigError, scan_unroll_for, validate_stages
 from foundations.tokenizers import configured_tokenizer
 from foundations.models.families import build_model
 from foundations.flops import param_counts, train_flops_per_token
@@ -108,11 +108,7 @@ class Trainer:
         stages = self.mesh.shape.get("stage", 1)
         if stages == 1:
             return None
-        m = self.model_cfg
-        if (m.family != "decoder" or self.config.objective.kind != "clm" or m.moe.num_experts
-                or m.positions.kind in ("alibi", "t5_bias") or m.local_window_size):
-            raise ConfigError("mesh.stage > 1 runs causal decoders (objective.kind=clm) without "
-                              "experts, attention biases or sliding windows; set mesh.stage=1")
+        validate_stages(self.config, stages)   # the mesh's stages (config.mesh.stage's check)
         micro = self.config.mesh.microbatches
         rows = self.config.train.batch_size // self.grad_accum
         check_pipeline(stages, micro, self.model_cfg.num_layers, rows, batch_parallelism(self.mesh))
