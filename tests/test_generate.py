@@ -4,6 +4,7 @@ Tiny random models with a large init (decisive logits, so greedy choices are not
 prompts of different lengths, left-padded into one batch, and one prompt alone (unpadded).
 """
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -170,3 +171,34 @@ def test_one_jit_loop_stops_at_eos_like_the_streaming_loop(family):
         streamed = generate(model, params, PROMPTS, on_token=columns.append, **kwargs)
         np.testing.assert_array_equal(generate(model, params, PROMPTS, **kwargs), streamed)
         assert (streamed == 1).any()
+
+
+@pytest.mark.parametrize("unroll", [1, 2])   # scanned, and unrolled (the CPU's auto)
+def test_per_layer_decoding_equals_the_stacked_model(unroll):
+    """The cached path decodes from per-layer weights (decoding_layout): the same logits as the
+    stacked (scanned) model, prefill and steps, and the same greedy tokens as recomputation."""
+    from foundations.inference.generate import _decoder_cached, _decoder_prefill, decoding_layout
+    model = build_model(load_config(None, TINY + [f"model.scan_unroll={unroll}"]))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), PROMPTS))
+    per_model, per_vars = decoding_layout(model, variables, backend="cpu")
+    blocks = per_vars["params"]["blocks"]
+    assert per_model.per_layer and sorted(blocks) == ["layer_0", "layer_1"]
+    np.testing.assert_array_equal(blocks["layer_1"]["mlp"]["up"]["kernel"],
+                                  variables["params"]["blocks"]["mlp"]["up"]["kernel"][1])
+    np.testing.assert_allclose(per_model.apply(per_vars, PROMPTS), model.apply(variables, PROMPTS),
+                               rtol=1e-5, atol=1e-5)
+    runs = []
+    for m, v in ((model, variables), (per_model, per_vars)):
+        logits, cache, first = _decoder_prefill(m, v, PROMPTS, MASK, NEW)
+        seen = [logits]
+        for t in range(3):
+            token = np.asarray(seen[-1].argmax(-1), np.int32)
+            logits, cache = _decoder_cached(m, "step", v, cache, token[:, None],
+                                            (first + t)[:, None])
+            seen.append(logits)
+        runs.append(np.stack(seen))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-5)
+    cached = generate(model, variables, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    np.testing.assert_array_equal(cached, generate(model, variables, PROMPTS, attention_mask=MASK,
+                                                   max_new_tokens=NEW, use_cache=False))
+    assert decoding_layout(model, variables, backend="tpu")[0].per_layer   # 2 <= 12 layers
