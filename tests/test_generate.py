@@ -4,6 +4,8 @@ Tiny random models with a large init (decisive logits, so greedy choices are not
 prompts of different lengths, left-padded into one batch, and one prompt alone (unpadded).
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -109,6 +111,11 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
                  "--max-new-tokens", "5", "--top-k", "3", "--temperature", "0.7"]) == 0
     out, err = capsys.readouterr()
     assert out.endswith("\n") and "tokens; the first after" in err
+    # time to first token and the steady tokens/s after it, both numbers
+    found = re.search(r"\[(\d+) tokens; the first after ([\d.]+) s, then ([\d,.]+) tokens/s\]",
+                      err)
+    assert found, err
+    assert int(found[1]) == 5 and float(found[2]) > 0 and float(found[3].replace(",", "")) > 0
     (tmp_path / "bert").mkdir()
     save_config(tiny_config("model.family=encoder", "objective.kind=mlm"),
                 tmp_path / "bert" / "config.yaml")
