@@ -4,6 +4,9 @@ Tiny random models with a large init (decisive logits, so greedy choices are not
 prompts of different lengths, left-padded into one batch, and one prompt alone (unpadded).
 """
 
+import re
+
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -116,7 +119,11 @@ def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_pat
                    pad_token_id=tok.pad_id, vocab_size=tok.vocab_size)[0].tolist()
     count = new.index(tok.eos_id) + 1 if tok.eos_id in new else 5
     assert out == tok.decode([i for i in new[:count] if i != tok.eos_id]) + "\n"
-    assert f"[{count} tokens; the first after" in err
+    # time to first token and the steady tokens/s after it, both numbers
+    found = re.search(r"\[(\d+) tokens; the first after ([\d.]+) s, then ([\d,.]+) tokens/s\]",
+                      err)
+    assert found, err
+    assert int(found[1]) == count and float(found[2]) > 0 and float(found[3].replace(",", "")) > 0
     (tmp_path / "bert").mkdir()
     save_config(tiny_config("model.family=encoder", "objective.kind=mlm"),
                 tmp_path / "bert" / "config.yaml")
@@ -179,3 +186,34 @@ def test_one_jit_loop_stops_at_eos_like_the_streaming_loop(family):
         streamed = generate(model, params, PROMPTS, on_token=columns.append, **kwargs)
         np.testing.assert_array_equal(generate(model, params, PROMPTS, **kwargs), streamed)
         assert (streamed == 1).any()
+
+
+@pytest.mark.parametrize("unroll", [1, 2])   # scanned, and unrolled (the CPU's auto)
+def test_per_layer_decoding_equals_the_stacked_model(unroll):
+    """The cached path decodes from per-layer weights (decoding_layout): the same logits as the
+    stacked (scanned) model, prefill and steps, and the same greedy tokens as recomputation."""
+    from foundations.inference.generate import _decoder_cached, _decoder_prefill, decoding_layout
+    model = build_model(load_config(None, TINY + [f"model.scan_unroll={unroll}"]))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), PROMPTS))
+    per_model, per_vars = decoding_layout(model, variables, backend="cpu")
+    blocks = per_vars["params"]["blocks"]
+    assert per_model.per_layer and sorted(blocks) == ["layer_0", "layer_1"]
+    np.testing.assert_array_equal(blocks["layer_1"]["mlp"]["up"]["kernel"],
+                                  variables["params"]["blocks"]["mlp"]["up"]["kernel"][1])
+    np.testing.assert_allclose(per_model.apply(per_vars, PROMPTS), model.apply(variables, PROMPTS),
+                               rtol=1e-5, atol=1e-5)
+    runs = []
+    for m, v in ((model, variables), (per_model, per_vars)):
+        logits, cache, first = _decoder_prefill(m, v, PROMPTS, MASK, NEW)
+        seen = [logits]
+        for t in range(3):
+            token = np.asarray(seen[-1].argmax(-1), np.int32)
+            logits, cache = _decoder_cached(m, "step", v, cache, token[:, None],
+                                            (first + t)[:, None])
+            seen.append(logits)
+        runs.append(np.stack(seen))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-5)
+    cached = generate(model, variables, PROMPTS, attention_mask=MASK, max_new_tokens=NEW)
+    np.testing.assert_array_equal(cached, generate(model, variables, PROMPTS, attention_mask=MASK,
+                                                   max_new_tokens=NEW, use_cache=False))
+    assert decoding_layout(model, variables, backend="tpu")[0].per_layer   # 2 <= 12 layers

@@ -7,6 +7,11 @@ the right end, its positions count from its first real token, and padding is mas
 model runs its encoder once; its decoder starts from `decoder_start_token_id` and cross-attends to
 keys and values cached at the prefill. `use_cache=False` recomputes the whole sequence for every
 token instead (the reference the tests compare with, and the benchmark's baseline).
+
+The cached path decodes from per-layer weights (`decoding_layout`): the stacked `layers` axis of
+the (decoder) blocks' parameters is split once per call into one array per layer, and the model
+runs its blocks one after another over them, so a step reads each weight once in place (XLA:CPU
+copies a stacked layer's slice before its matmuls, about twice the reads of a batch-1 step).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.config import ConfigError
+from foundations.config import UNROLL_ALL_LAYERS, ConfigError
 from foundations.inference.beam import beam_search
 from foundations.inference.sampling import choose, process_logits
-from foundations.models.decoder import Decoder
+from foundations.models.decoder import Decoder, per_layer_params
 from foundations.models.encdec import EncoderDecoder
 from foundations.parallel.mesh import RULES, batch_parallelism, check_divisible, logical_shardings
 
@@ -117,13 +122,33 @@ def _unpack(sent):
 @jax.jit
 def _reorder_cache(cache, rows):
     """Row r of every cache entry becomes row rows[r]: the stack's slot positions (B, S) on
-    axis 0, the scanned layers' keys and values (layers, B, ...) on axis 1."""
+    axis 0, a layer's keys and values (B, S, heads, head_dim) on axis 0, or on axis 1 when
+    stacked (layers, B, ...)."""
     def take(path, x):
         if x.ndim <= 1:   # write indices
             return x
-        axis = 0 if jax.tree_util.keystr(path).endswith("['positions']") else 1
+        axis = 0 if jax.tree_util.keystr(path).endswith("['positions']") else x.ndim - 4
         return jnp.take(x, rows, axis=axis)
     return jax.tree_util.tree_map_with_path(take, cache)
+
+
+def decoding_layout(model, variables, backend: str | None = None):
+    """The model and variables the cached path decodes with: the (decoder) blocks' stacked
+    parameters split into one array per layer (models/decoder.py per_layer_params) and the model
+    running them as a LayerList, the same blocks, so the same logits; on the CPU, and on any
+    backend for stacks of at most UNROLL_ALL_LAYERS blocks (a deeper stack keeps the scan on an
+    accelerator, where unrolling it would grow the compile with depth). Unchanged for a
+    pipelined model or one already per layer."""
+    stack = "decoder" if isinstance(model, EncoderDecoder) else "blocks"
+    layers = (model.cfg.num_decoder_layers or model.cfg.num_layers) if stack == "decoder" \
+        else model.cfg.num_layers
+    backend = backend or jax.default_backend()
+    if (model.per_layer or getattr(model, "pipeline", None) is not None
+            or stack not in variables["params"]
+            or (backend != "cpu" and layers > UNROLL_ALL_LAYERS)):
+        return model, variables
+    params = {**variables["params"], stack: per_layer_params(variables["params"][stack])}
+    return model.clone(per_layer=True), {**variables, "params": params}
 
 
 def _empty_cache(call, *example):
@@ -225,6 +250,8 @@ def _decode(model, variables, ids, mask, settings, steps, num_beams, length_pena
     if num_beams > 1:   # each prompt repeated: one row per beam
         ids, mask = np.repeat(ids, num_beams, axis=0), np.repeat(mask, num_beams, axis=0)
     rows = len(ids)
+    if use_cache:
+        model, variables = decoding_layout(model, variables)
     if isinstance(model, EncoderDecoder):
         start = pad_token_id if decoder_start_token_id is None else decoder_start_token_id
         prev = np.full((rows, 1 + steps), -1, np.int32)
@@ -341,7 +368,9 @@ def decoder_steps(model, variables, ids, mask, steps, use_cache):
     continues the sequence of row rows[r], so the cache is reordered first."""
     positions = np.where(mask, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
     last = positions[:, -1]
-    if not use_cache:
+    if use_cache:
+        model, variables = decoding_layout(model, variables)
+    else:
         tokens = np.concatenate([ids, np.zeros((len(ids), steps), np.int32)], axis=1)
         full_positions = np.concatenate([positions, last[:, None] + 1 + np.arange(steps)], 1)
         valid = np.concatenate([mask, np.ones((len(ids), steps), bool)], axis=1)
@@ -364,7 +393,9 @@ def encdec_steps(model, variables, ids, mask, start, steps, use_cache):
     """As decoder_steps, for an encoder-decoder: the encoder runs once."""
     batch = len(ids)
     decoder_tokens = np.full((batch, steps), start, np.int32)
-    if not use_cache:
+    if use_cache:
+        model, variables = decoding_layout(model, variables)
+    else:
         for t in range(steps):
             token, rows = _unpack((yield _encdec_full(model, variables, ids, mask,
                                                       jnp.asarray(decoder_tokens), t)))

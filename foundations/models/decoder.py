@@ -54,12 +54,42 @@ class Block(nn.Module):
         return constrain(x, ("batch", "length", "act_embed")), None
 
 
+class LayerList(nn.Module):
+    """The blocks of a stack one after another, each with its own parameters and cache under
+    `layer_{i}`, not stacked on a `layers` axis: the decoding layout (see `per_layer_params`),
+    where each step reads every layer's weights in place (XLA:CPU copies a stacked layer's
+    slice before its matmuls, which doubles a decode step's weight reads)."""
+    cfg: ModelConfig
+    deterministic: bool = True
+    causal: bool = True
+    cross: bool = False
+    decode: str = ""
+    num_layers: int = 0
+
+    @nn.compact
+    def __call__(self, x, positions, mask=None, bias=None, context=None, context_mask=None):
+        for i in range(self.num_layers or self.cfg.num_layers):
+            x, _ = Block(self.cfg, self.deterministic, self.causal, self.cross, self.decode,
+                         name=f"layer_{i}")(x, positions, mask, bias, context, context_mask)
+        return x, None
+
+
+def per_layer_params(stack):
+    """A stacked stack's parameters (or cache) {...: (layers, ...)} as LayerList's:
+    {"layer_0": {...}, "layer_1": {...}, ...}, each leaf its own array (copied once)."""
+    stack = nn.unbox(stack)   # init's boxes name the stacked axes; the slices have one fewer
+    count = jax.tree.leaves(stack)[0].shape[0]
+    return {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stack) for i in range(count)}
+
+
 def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
                    causal: bool = True, cross: bool = False, num_layers: int = 0,
-                   decode: str = ""):
+                   decode: str = "", per_layer: bool = False):
     """num_layers (default cfg.num_layers) Blocks under nn.scan (and nn.remat if asked); params
     (and KV caches) get a `layers` axis. Call with (x, positions, mask, bias, context,
-    context_mask)."""
+    context_mask). `per_layer`: a LayerList instead (the same blocks, parameters per layer)."""
+    if per_layer:
+        return LayerList(cfg, deterministic, causal, cross, decode, num_layers, name=name)
     block = Block
     if cfg.remat != "none":
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
@@ -83,6 +113,7 @@ class Decoder(nn.Module):
     states (B, T, d_model) instead, for a loss that applies `output_head` itself."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
+    per_layer: bool = False   # the blocks' params per layer (LayerList), as decoding reads them
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
@@ -106,8 +137,8 @@ class Decoder(nn.Module):
         if self.pipeline is not None and not self.is_initializing():
             x = self.pipeline(cfg, self.variables["params"]["blocks"], x, positions)
         else:
-            x, _ = stacked_blocks(cfg, deterministic, causal=mask is None, decode=decode)(
-                x, positions, mask, bias, None, None)
+            x, _ = stacked_blocks(cfg, deterministic, causal=mask is None, decode=decode,
+                                  per_layer=self.per_layer)(x, positions, mask, bias, None, None)
         x = Norm(cfg, name="final_norm")(x)
         if hidden:
             return x

@@ -24,6 +24,7 @@ class EncoderDecoder(nn.Module):
     For generation, `encode` runs the encoder once and `decode` runs the decoder against the KV
     cache (models/kv_cache.py), cross-attending to the encoder's output."""
     cfg: ModelConfig
+    per_layer: bool = False   # the decoder's blocks' params per layer (LayerList), for decoding
 
     @nn.compact
     def __call__(self, inputs, decoder_inputs, input_padding=None, deterministic: bool = True,
@@ -66,7 +67,8 @@ class EncoderDecoder(nn.Module):
                                   name="decoder_rel_bias")
         y, positions = embed_stack(decoder_inputs, "decoder", decoder_positions)
         y, _ = stacked_blocks(cfg, deterministic, name="decoder", causal=not decode, cross=True,
-                              num_layers=cfg.num_decoder_layers, decode=decode)(
+                              num_layers=cfg.num_decoder_layers, decode=decode,
+                              per_layer=self.per_layer)(
             y, positions, self_mask, bias, context, mask)
         y = Norm(cfg, name="decoder_norm")(y)
         if cfg.tie_embeddings:
