@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 
 from foundations.config import (CheckpointError, Config, ConfigError, flat_settings,
                                 load_config, replace, save_config)
+from foundations.models import adapters
 from foundations.tokenizers import same_tokenizer
 
 CONFIG = "config.yaml"
@@ -117,21 +118,28 @@ def check_resumable(config: Config, run_dir: Path) -> list:
 
 # ------------------------------------------------------------------ parameters
 
-def abstract_params(config: Config, tokenizer, mesh):
+def abstract_params(config: Config, tokenizer, mesh, specs: bool = False):
     """ShapeDtypeStructs of the model's parameters, sharded on `mesh` by their logical axes
-    (what the model's init would make, computed without making it)."""
+    (what the model's init would make, computed without making it); with `specs`, also their
+    logical PartitionSpecs."""
+    from foundations.parallel.mesh import logical_shardings
+    boxed = jax.eval_shape(lambda rng: _init(config, tokenizer, rng), jax.random.PRNGKey(0))
+    logical = nn.get_partition_spec(boxed)
+    shardings = logical_shardings(logical, mesh)
+    wanted = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+    return (wanted, logical) if specs else wanted
+
+
+def _init(config: Config, tokenizer, rng):
+    """The model's boxed parameters as training initialises them from `rng` (train/trainer.py
+    _init_params: parameter values do not depend on the dummy batch's rows)."""
     from foundations.models.families import build_model
     from foundations.objectives import make_objective
-    from foundations.parallel.mesh import logical_shardings
     objective = make_objective(config, tokenizer)
     dummy = objective.model_args(objective.prepare(
         np.zeros((1, config.data.seq_len + 1), np.int32), 0))
-    model = build_model(config)
-    boxed = jax.eval_shape(lambda rng: model.init({"params": rng, "sample": rng}, *dummy)
-                           ["params"], jax.random.PRNGKey(0))
-    shardings = logical_shardings(nn.get_partition_spec(boxed), mesh)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.unbox(boxed), shardings)
+    return build_model(config).init({"params": rng, "sample": rng}, *dummy)["params"]
 
 
 def _manager(run_dir: Path, create: bool = False) -> ocp.CheckpointManager:
@@ -198,12 +206,22 @@ def restore_params(run_dir: str | Path, step: int, wanted):
             state=ocp.args.PyTreeRestore(item={"params": wanted},
                                          restore_args={"params": restore_args},
                                          partial_restore=True)))
-    return restored["state"]["params"]
+    params = restored["state"]["params"]
+    # a partial restore leaves what the checkpoint lacks as the ShapeDtypeStructs it was given
+    missing = [adapters.path_name(path) for path, leaf in
+               jax.tree_util.tree_flatten_with_path(params)[0]
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+        raise CheckpointError(f"checkpoint {Path(run_dir) / CHECKPOINTS / str(step)} holds no "
+                              f"parameter {missing[0]} (of {len(missing)} missing): it is not "
+                              "a checkpoint of this model")
+    return params
 
 
 @dataclasses.dataclass
 class Run:
-    """A run's latest model as eval, generate, convert and prompting use it."""
+    """A run's latest model as eval, generate, convert and prompting use it: for an adapter run
+    (LoRA, prompt or prefix tuning) the base with its adapters applied (`load_run`)."""
     directory: Path
     config: Config
     tokenizer: Any
@@ -211,6 +229,7 @@ class Run:
     params: Any
     step: int
     mesh: Any
+    method: str = "full"   # models/adapters.py method: how the run was tuned
 
 
 SINGLE_DEVICE = {f"mesh.{axis}": 1 for axis in
@@ -221,8 +240,13 @@ def load_run(run_dir: str | Path, overrides=(), single_device: bool = True) -> R
     """The latest checkpoint's parameters of a finished or running run (no optimizer state, no
     training data: it works wherever the run's text files are).
 
-    By default they are restored onto one device, whatever mesh trained it; pass
-    `single_device=False` (and mesh.* overrides) to restore onto a mesh of all devices."""
+    An adapter run's checkpoint holds its adapters only: they are applied to its base (the
+    train.init_from run's parameters, or the random init it started from) as post-training
+    applies them (models/adapters.py): LoRA folded into the kernels, a soft prompt as the
+    model's extra embedding rows (a Decoder with soft_prompt=P, which prepends it), prefixes
+    beside the attention kernels. By default they are restored onto one device, whatever mesh
+    trained it; pass `single_device=False` (and mesh.* overrides) to restore onto a mesh of all
+    devices."""
     from foundations.tokenizers import configured_tokenizer
     from foundations.models.families import build_model
     from foundations.parallel.mesh import make_mesh
@@ -235,8 +259,59 @@ def load_run(run_dir: str | Path, overrides=(), single_device: bool = True) -> R
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise ConfigError(f"{run_dir / CHECKPOINTS} holds no checkpoint")
-    params = restore_model_params(run_dir, steps[-1], abstract_params(config, tokenizer, mesh))
-    return Run(run_dir, config, tokenizer, build_model(config), params, steps[-1], mesh)
+    how = adapters.method(config)
+    if how == "full":
+        params = restore_model_params(run_dir, steps[-1],
+                                      abstract_params(config, tokenizer, mesh))
+        return Run(run_dir, config, tokenizer, build_model(config), params, steps[-1], mesh)
+    model, params = _adapted(run_dir, steps[-1], how, config, tokenizer, mesh)
+    return Run(run_dir, config, tokenizer, model, params, steps[-1], mesh, how)
+
+
+def _adapted(run_dir: Path, step: int, how: str, config: Config, tokenizer, mesh):
+    """(model, parameters) of adapter run `run_dir`'s checkpoint `step`: its base with the
+    adapters of method `how` applied (the checkpoint's params[how])."""
+    from foundations.models.families import build_model
+    from foundations.parallel.mesh import replicated
+    wanted, specs = abstract_params(config, tokenizer, mesh, specs=True)
+    key = how
+    stored = stored_params(run_dir, step)
+    if key not in stored:
+        raise CheckpointError(f"{run_dir / CHECKPOINTS / str(step)} holds no {key} adapters, "
+                              f"though its config.yaml sets {adapters.SETTINGS[how]}")
+    tuned = restore_params(run_dir, step, {key: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated(mesh)),
+        stored[key])})[key]
+    base = base_params(run_dir, config, tokenizer, wanted)
+    model = build_model(config)
+    if how == "lora":
+        lora = config.lora
+        targets = adapters.lora_targets(specs, lora.targets)
+        return model, adapters.apply_lora(base, tuned, targets, lora.alpha / lora.rank)
+    if how == "prompt":
+        p = config.prompt_tuning.num_tokens
+        model = build_model(replace(config, {"model.vocab_size": config.model.vocab_size + p}))
+        return model.clone(soft_prompt=p), adapters.with_soft_prompt(base, tuned)
+    return model, adapters.with_prefix(base, tuned)
+
+
+def base_params(run_dir: Path, config: Config, tokenizer, wanted):
+    """The frozen base an adapter run trained on: its train.init_from run's parameters (at
+    train.init_step, else its latest), or without one the random init of train.seed that
+    post-training drew (post/trainer.py _load_base)."""
+    source = config.train.init_from
+    if not source:
+        init = jax.jit(lambda rng: nn.unbox(_init(config, tokenizer, rng)),
+                       out_shardings=jax.tree.map(lambda x: x.sharding, wanted))
+        return init(jax.random.PRNGKey(config.train.seed))
+    steps = checkpoint_steps(source)
+    step = config.train.init_step if config.train.init_step is not None else \
+        (max(steps) if steps else None)
+    if step not in steps:
+        raise ConfigError(f"{run_dir} was tuned on train.init_from={source}, which holds no "
+                          f"checkpoint {'' if step is None else step} (run it from where that "
+                          "path resolves, or set train.init_from=PATH)")
+    return restore_model_params(source, step, wanted)
 
 
 def write_run(run_dir: str | Path, config: Config, params, step: int = 0) -> Path:

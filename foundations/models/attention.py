@@ -7,8 +7,9 @@ window (`local_window_size`), and cross-attention (keys/values from `context`).
 `attention_impl` picks the kernel: 'xla' everywhere, 'cudnn' for the fused flash kernel on GPUs.
 With `decode` set ("prefill", then "step" once per new token) the keys and values live in the
 'cache' collection (models/kv_cache.py); the caller's mask then says which cached keys each query
-sees (causality, padding and the window included). Prefix tuning's trainable keys and values,
-when the 'prefix' collection holds them, are attended to before the sequence's own.
+sees (causality, padding and the window included). Prefix tuning's keys and values, when the
+layer's parameters hold them (models/adapters.py with_prefix), are attended to before the
+sequence's own, with or without a cache.
 """
 
 from __future__ import annotations
@@ -39,18 +40,19 @@ def segment_mask(segments, causal: bool = True):
     return mask[:, None]
 
 
-def prefix_keys_values(module: nn.Module, k, v, mask, causal: bool):
-    """Prefix tuning (post/): the 'prefix' collection's (P, kv_heads, head_dim) keys and values
-    go before this call's, and every query sees them (the mask gets P visible columns)."""
+def prefix_keys_values(module: nn.Module, k, v, mask, causal: bool, queries: int):
+    """Prefix tuning: the layer's (P, kv_heads, head_dim) prefix_key and prefix_value
+    parameters go before the keys and values it attends to, and every one of its `queries`
+    sees them (the mask gets P visible columns)."""
     rows, length = k.shape[:2]
-    pk, pv = (jnp.broadcast_to(module.get_variable("prefix", name).astype(k.dtype),
-                               (rows, *module.get_variable("prefix", name).shape))
+    pk, pv = (jnp.broadcast_to(module.get_variable("params", name).astype(k.dtype),
+                               (rows, *module.get_variable("params", name).shape))
               for name in ("prefix_key", "prefix_value"))
     if mask is None:
         mask = jnp.tril(jnp.ones((length, length), bool)) if causal else \
             jnp.ones((length, length), bool)
-    mask = jnp.broadcast_to(mask, (rows, 1, length, length))
-    seen = jnp.ones((rows, 1, length, pk.shape[1]), bool)
+    mask = jnp.broadcast_to(mask, (rows, 1, queries, length))
+    seen = jnp.ones((rows, 1, queries, pk.shape[1]), bool)
     return (jnp.concatenate([pk, k], axis=1), jnp.concatenate([pv, v], axis=1),
             jnp.concatenate([seen, mask], axis=3))
 
@@ -88,8 +90,8 @@ class Attention(nn.Module):
         elif self.decode == "prefill":
             cache_cross_attention(self, k, v)
         causal = self.causal
-        if self.has_variable("prefix", "prefix_key") and context is None and not self.decode:
-            k, v, mask = prefix_keys_values(self, k, v, mask, causal)
+        if self.has_variable("params", "prefix_key") and context is None:
+            k, v, mask = prefix_keys_values(self, k, v, mask, causal, q.shape[1])
             causal = False
         q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))

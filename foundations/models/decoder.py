@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from foundations.config import ModelConfig, scan_unroll_for
+from foundations.models.adapters import prompt_inputs
 from foundations.models.attention import Attention, segment_mask
 from foundations.models.kv_cache import CachedPositions, decode_mask
 from foundations.models.layers import DTYPES, Einsum, Embedding, Mlp, Norm, constrain
@@ -93,8 +94,7 @@ def stacked_blocks(cfg: ModelConfig, deterministic: bool, name: str = "blocks",
     block = Block
     if cfg.remat != "none":
         block = nn.remat(Block, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
-    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0,
-                                                 "prefix": 0},
+    scanned = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
                       length=num_layers or cfg.num_layers,
                       unroll=scan_unroll_for(cfg, jax.default_backend(), num_layers),
@@ -110,14 +110,42 @@ class Decoder(nn.Module):
     `decode="prefill"` (the prompt, into an empty cache) and then `decode="step"` (one token a
     call) run against the 'cache' collection (apply with mutable=["cache"]); `positions` are then
     required, -1 marking padding (inference/generate.py). `hidden=True` returns the final-norm
-    states (B, T, d_model) instead, for a loss that applies `output_head` itself."""
+    states (B, T, d_model) instead, for a loss that applies `output_head` itself.
+
+    `soft_prompt=P` (a prompt-tuned run, models/adapters.py): the last P rows of the token table
+    are a soft prompt whose ids go before every input (at the prefill, with a cache) and whose
+    outputs are cut off again, as are their logits: the model reads and writes text only, in
+    cfg.vocab_size - P ids."""
     cfg: ModelConfig
     pipeline: Any = None  # a parallel.gpipe.Pipeline: run the same blocks as pipeline stages
     per_layer: bool = False   # the blocks' params per layer (LayerList), as decoding reads them
+    soft_prompt: int = 0
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, mask=None,
                  decode: str = "", segments=None, hidden: bool = False):
+        cfg = self.cfg
+        p = self.soft_prompt
+        if p and not decode:
+            tokens, positions, mask = prompt_inputs(tokens, positions, mask, segments,
+                                                    cfg.vocab_size - p, p)
+            segments = None
+        elif p:   # the cache's positions: padding stays -1, the soft prompt comes first
+            positions = jnp.where(positions >= 0, positions + p, -1)
+            if decode == "prefill":
+                rows = tokens.shape[0]
+                tokens = jnp.concatenate([jnp.broadcast_to(
+                    cfg.vocab_size - p + jnp.arange(p), (rows, p)).astype(tokens.dtype),
+                    tokens], axis=1)
+                positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (rows, p)).astype(
+                    positions.dtype), positions], axis=1)
+        out = self._decode(tokens, positions, deterministic, mask, decode, segments, hidden)
+        if p:
+            out = out if decode == "step" else out[:, p:]
+            out = out if hidden else out[..., :cfg.vocab_size - p]
+        return out
+
+    def _decode(self, tokens, positions, deterministic, mask, decode, segments, hidden):
         cfg = self.cfg
         if segments is not None:
             mask = segment_mask(segments)

@@ -11,46 +11,20 @@ table as extra rows, and every input starts with their ids, so the model reads t
 text; their logits are cut off again.
 
 Prefix tuning (Li & Liang 2021): free keys and values in every layer's attention, which every
-query sees before the sequence; the model reads them from its 'prefix' variable collection.
+query sees before the sequence; the model reads them beside each attention layer's kernels.
+
+Here: the adapters' initialisation, counting and PEFT export; what the model reads for them
+(apply_lora, with_soft_prompt, with_prefix) is in models/adapters.py, shared with run.py.
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-STACKED_AXES = ("layers", "expert")   # one kernel per layer / expert: adapters get one each
-
-
-def path_name(path) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator="/")
-
-
-def kernel_split(axes: tuple) -> tuple[int, int]:
-    """(stacked axes, input axes) of a kernel from its logical axis names: the input is `embed`
-    when the kernel reads the residual stream (query, key, value, MLP up/gate), else every
-    feature axis but the last (attention out, MLP down)."""
-    stacked = 0
-    while stacked < len(axes) and axes[stacked] in STACKED_AXES:
-        stacked += 1
-    features = axes[stacked:]
-    inputs = 1 if features[0] == "embed" else len(features) - 1
-    return stacked, inputs
-
-
-def lora_targets(logical_specs, pattern: str) -> dict[str, tuple[int, int]]:
-    """{kernel path: (stacked axes, input axes)} of the kernels whose path matches `pattern`."""
-    found = {}
-    for path, spec in jax.tree_util.tree_flatten_with_path(
-            logical_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]:
-        name = path_name(path)
-        if name.endswith("/kernel") and re.search(pattern, name):
-            found[name] = kernel_split(tuple(spec))
-    return found
 
 
 def _flat_shapes(shape, split):
@@ -75,52 +49,14 @@ def init_lora(rng, base_shapes: dict, targets: dict, rank: int) -> dict:
     return adapters
 
 
-def lora_delta(adapter: dict, shape: tuple, split: tuple, scale: float, keep=None):
-    """scale * A @ B in the kernel's shape; `keep` (stacked..., in): a dropout mask on A's rows."""
-    a = adapter["a"] if keep is None else adapter["a"] * keep[..., None]
-    return (scale * jnp.einsum("...ir,...ro->...io", a, adapter["b"])).reshape(shape)
-
-
-def apply_lora(base: dict, adapters: dict, targets: dict, scale: float, dropout: float = 0.0,
-               rng=None) -> dict:
-    """The base parameters with every adapter's update added (the model LoRA trains); also the
-    merge: call it once without dropout and keep the result."""
-    flat = {path_name(p): (p, w) for p, w in jax.tree_util.tree_flatten_with_path(base)[0]}
-    updated = {}
-    for i, (name, adapter) in enumerate(sorted(adapters.items())):
-        _, kernel = flat[name]
-        keep = None
-        if dropout and rng is not None:
-            rows = adapter["a"].shape[:-1]
-            keep = jax.random.bernoulli(jax.random.fold_in(rng, i), 1 - dropout, rows)
-            keep = keep.astype(adapter["a"].dtype) / (1 - dropout)
-        delta = lora_delta(adapter, kernel.shape, targets[name], scale, keep)
-        updated[name] = kernel + delta.astype(kernel.dtype)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, w: updated.get(path_name(p), w), base)
-
-
 def init_soft_prompt(rng, num_tokens: int, d_model: int, std: float):
     return nn.LogicallyPartitioned(jax.random.normal(rng, (num_tokens, d_model)) * std,
                                    (None, "embed"))
 
 
-def with_soft_prompt(base: dict, prompt: jax.Array) -> dict:
-    """The base parameters with the soft prompt as extra rows of the token embedding table (and
-    zero columns of an untied output head: those logits are cut off anyway)."""
-    table = base["token_embed"]["embedding"]
-    out = {**base, "token_embed": {"embedding": jnp.concatenate(
-        [table, prompt.astype(table.dtype)], axis=0)}}
-    if "lm_head" in base:
-        kernel = base["lm_head"]["kernel"]
-        pad = jnp.zeros((kernel.shape[0], prompt.shape[0]), kernel.dtype)
-        out["lm_head"] = {"kernel": jnp.concatenate([kernel, pad], axis=1)}
-    return out
-
-
 def init_prefix(rng, num_tokens: int, cfg) -> dict:
     """Prefix tuning (Li & Liang 2021): free keys and values (layers, P, kv_heads, head_dim)
-    that every layer's attention reads before the sequence (the 'prefix' collection)."""
+    that every layer's attention reads before the sequence (models/adapters.py with_prefix)."""
     shape = (cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim)
     names = ("layers", None, "kv_heads", "head_dim")
     std = cfg.init_std * cfg.d_model ** 0.5   # about the size of the tokens' own keys

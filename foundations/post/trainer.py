@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foundations.config import ConfigError, adapter_settings, replace, validate_for
-from foundations.models.attention import segment_mask
+from foundations.config import ConfigError, replace, validate_for
 from foundations.models.families import build_model
 from foundations.parallel.mesh import batch_sharding, logical_shardings, replicated
+from foundations.models import adapters as tuned
 from foundations.post import adapters
 from foundations.post.stages import Task
 from foundations.train.trainer import Trainer
@@ -44,25 +44,25 @@ class Method:
 
 
 class Lora(Method):
-    name, setting, trains_base = "lora", "lora.rank", False
+    name, setting, trains_base = "lora", tuned.SETTINGS["lora"], False
 
     def init(self, trainer, rng, base):
-        shapes = {adapters.path_name(p): x.shape for p, x in
+        shapes = {tuned.path_name(p): x.shape for p, x in
                   jax.tree_util.tree_flatten_with_path(nn.unbox(base))[0]}
-        targets = adapters.lora_targets(nn.get_partition_spec(base), trainer.config.lora.targets)
+        targets = tuned.lora_targets(nn.get_partition_spec(base), trainer.config.lora.targets)
         if not targets:
             raise ConfigError(f"lora.targets={trainer.config.lora.targets!r} matches no kernel")
         return {"lora": adapters.init_lora(rng, shapes, targets, trainer.config.lora.rank)}
 
     def model_params(self, trainer, params, frozen, rng):
         lora = trainer.config.lora
-        return adapters.apply_lora(frozen["base"], params["lora"], trainer.lora_targets,
+        return tuned.apply_lora(frozen["base"], params["lora"], trainer.lora_targets,
                                    lora.alpha / lora.rank, lora.dropout, rng)
 
 
 class Prompt(Method):
     """Soft-prompt ids first; every query sees them, they see only each other (causally)."""
-    name, setting, trains_base = "prompt", "prompt_tuning.num_tokens", False
+    name, setting, trains_base = "prompt", tuned.SETTINGS["prompt"], False
 
     def init(self, trainer, rng, base):
         return {"prompt": adapters.init_soft_prompt(rng, trainer.num_prompt,
@@ -70,57 +70,32 @@ class Prompt(Method):
                                                     trainer.model_cfg.init_std)}
 
     def model_params(self, trainer, params, frozen, rng):
-        return adapters.with_soft_prompt(frozen["base"], params["prompt"])
+        return tuned.with_soft_prompt(frozen["base"], params["prompt"])
 
     def model_inputs(self, trainer, params, frozen, rng, args, kwargs):
         (tokens,), kwargs = args, dict(kwargs)
-        positions, mask = kwargs.pop("positions", None), kwargs.pop("mask", None)
-        segments = kwargs.pop("segments", None)
-        if segments is not None:
-            mask = segment_mask(segments)
-        p, (rows, length) = trainer.num_prompt, tokens.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-        if mask is None:
-            mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        mask = jnp.broadcast_to(mask, (rows, 1, length, length))
-        ids = jnp.broadcast_to(trainer.vocab_size + jnp.arange(p), (rows, p))
-        tokens = jnp.concatenate([ids, tokens], axis=1)
-        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (rows, p)),
-                                     positions + p], axis=1)
-        prompt_rows = jnp.broadcast_to(jnp.tril(jnp.ones((p, p), bool)), (rows, 1, p, p))
-        top = jnp.concatenate([prompt_rows, jnp.zeros((rows, 1, p, length), bool)], axis=3)
-        bottom = jnp.concatenate([jnp.ones((rows, 1, length, p), bool), mask], axis=3)
-        mask = jnp.concatenate([top, bottom], axis=2)
+        tokens, positions, mask = tuned.prompt_inputs(
+            tokens, kwargs.pop("positions", None), kwargs.pop("mask", None),
+            kwargs.pop("segments", None), trainer.vocab_size, trainer.num_prompt)
         variables = {"params": self.model_params(trainer, params, frozen, rng)}
         return (trainer.prompt_model, variables, (tokens,),
-                {**kwargs, "positions": positions, "mask": mask}, p)
+                {**kwargs, "positions": positions, "mask": mask}, trainer.num_prompt)
 
 
 class Prefix(Method):
-    name, setting, trains_base = "prefix", "prefix_tuning.num_tokens", False
+    name, setting, trains_base = "prefix", tuned.SETTINGS["prefix"], False
 
     def init(self, trainer, rng, base):
         return {"prefix": adapters.init_prefix(rng, trainer.config.prefix_tuning.num_tokens,
                                                trainer.model_cfg)}
 
     def model_params(self, trainer, params, frozen, rng):
-        return frozen["base"]
-
-    def model_inputs(self, trainer, params, frozen, rng, args, kwargs):
-        return (trainer.model, {"params": frozen["base"], "prefix": params["prefix"]}, args,
-                kwargs, 0)
+        return tuned.with_prefix(frozen["base"], params["prefix"])
 
 
 METHODS = {m.name: m for m in (Method(), Lora(), Prompt(), Prefix())}
 ADAPTER_SETTINGS = {m.setting: 0 for m in METHODS.values() if m.setting}  # all off: a plain run
-
-
-def method(config) -> str:
-    """'lora', 'prompt', 'prefix' or 'full' (every parameter trains): METHODS' keys (at most
-    one is set: config.validate_adapters refuses more)."""
-    chosen = adapter_settings(config)
-    return next((m.name for m in METHODS.values() if m.setting in chosen[:1]), "full")
+method = tuned.method   # 'lora', 'prompt', 'prefix' or 'full' (every parameter trains)
 
 
 class PostTrainer(Trainer):
@@ -144,7 +119,7 @@ class PostTrainer(Trainer):
         self.abstract_base = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             nn.unbox(base_boxed), base_shardings)
-        self.lora_targets = adapters.lora_targets(self.base_specs, config.lora.targets)
+        self.lora_targets = tuned.lora_targets(self.base_specs, config.lora.targets)
         if self.num_prompt:  # the tuned model reads vocab_size + num_prompt embedding rows
             self.prompt_model = build_model(replace(
                 config, {"model.vocab_size": self.vocab_size + self.num_prompt}))
@@ -203,7 +178,8 @@ class PostTrainer(Trainer):
 
     def merged(self, params, frozen=None):
         """The model's own parameter tree with the adapters folded in (export, generate; a
-        soft prompt stays extra embedding rows, and prefixes do not fold into weights)."""
+        soft prompt stays extra embedding rows, prefixes sit beside the attention kernels:
+        models/adapters.py)."""
         return self.model_params(params, self.frozen if frozen is None else frozen)
 
     # ---------------------------------------------------------------- forward

@@ -1,8 +1,9 @@
 """Self-consistency (Wang et al. 2022): sample k completions at temperature > 0, extract each
 one's answer and return the most frequent; greedy decoding is the one-sample baseline.
 
-`complete` writes after a batch of prompts (left-padded into one `generate` call); all k samples
-of a question are rows of one batch, so they cost one prefill and one decode loop.
+inference/complete.py `complete` writes after a batch of prompts (left-padded into one
+`generate` call); all k samples of a question are rows of one batch, so they cost one prefill
+and one decode loop.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-import numpy as np
-
 from foundations.config import ConfigError
-from foundations.inference.generate import generate
+from foundations.inference.complete import complete
 
 
 def majority_vote(answers: list[str | None]) -> str | None:
@@ -24,28 +23,6 @@ def majority_vote(answers: list[str | None]) -> str | None:
         return None
     best = max(counts.values())
     return next(a for a in answers if a is not None and counts[a] == best)
-
-
-def complete(model, params, tokenizer, prompts: list[str], max_new_tokens: int,
-             temperature: float = 0.0, seed: int = 0, **sampling) -> list[str]:
-    """The text each prompt's row writes (up to end-of-text or max_new_tokens), in one batch."""
-    rows = [tokenizer.encode(p) for p in prompts]
-    eos = getattr(tokenizer, "eos_id", None)
-    pad = getattr(tokenizer, "pad_id", None) or 0
-    length = max(map(len, rows))
-    ids = np.full((len(rows), length), pad, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for r, row in enumerate(rows):
-        ids[r, length - len(row):], mask[r, length - len(row):] = row, True
-    out = generate(model, params, ids, mask, max_new_tokens=max_new_tokens,
-                   temperature=temperature, seed=seed, eos_token_id=eos, pad_token_id=pad,
-                   vocab_size=tokenizer.vocab_size, **sampling)
-    texts = []
-    for row in out.tolist():
-        if eos is not None and eos in row:
-            row = row[:row.index(eos)]
-        texts.append(tokenizer.decode(row))
-    return texts
 
 
 def self_consistency(model, params, tokenizer, prompt: str, extract: Callable[[str], str | None],

@@ -172,8 +172,10 @@ def score_text(trainer, params, tokens: np.ndarray, bytes_per_token: float, batc
 def score_run(run, tokens: np.ndarray, bytes_per_token: float, batch_size: int,
               stride: int = 0, max_batches: int = 0) -> dict:
     """score_text of a run read by run.py `load_run`, through a Trainer built for its config
-    and mesh (the evaluation step only: no optimizer state is made)."""
+    and mesh (the evaluation step only: no optimizer state is made) around the run's own model
+    (an adapter run's reads its adapters: a soft prompt, prefixes)."""
     from foundations.train.trainer import Trainer
     trainer = Trainer(run.config, run.mesh, run.tokenizer)
+    trainer.model = run.model
     return score_text(trainer, run.params, tokens, bytes_per_token, batch_size, stride,
                       max_batches)
