@@ -103,6 +103,15 @@ def test_dpo_starts_at_log2_and_raises_the_margin(parity_pairs, tmp_path):
     start = validate(trainer.init_state()["params"])
     assert start["val_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert start["val_reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    # RPO: the chosen responses' per-token NLL on top, here where DPO's own loss is log 2
+    rpo = load_config(None, TINY + [f"dpo.train_file={parity_pairs}", "dpo.nll_coef=0.5",
+                                    f"train.init_from={tmp_path / 'sft'}", "dpo.beta=0.5"])
+    trainer_rpo, _, validate_rpo, _ = Stage("dpo", **QUIET).build(rpo, mesh)
+    with_nll = validate_rpo(trainer_rpo.init_state()["params"])
+    assert with_nll["val_chosen_nll"] == pytest.approx(start["val_chosen_nll"], rel=1e-6)
+    assert with_nll["val_chosen_nll"] > 0.1
+    assert with_nll["val_loss"] == pytest.approx(math.log(2) + 0.5 * with_nll["val_chosen_nll"],
+                                                 rel=1e-5)
     summary = train(config, tmp_path / "dpo", mesh=mesh, progress=False,
                     stage=Stage("dpo", **QUIET))
     assert summary["val_reward_margin"] > 1.0, summary

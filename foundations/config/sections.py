@@ -323,6 +323,8 @@ class DpoConfig:
     loss: LossKind = knob("sigmoid", "sigmoid: DPO; ipo: squared loss toward 1 / (2 beta)")
     label_smoothing: float = knob(0.0, "sigmoid: share of pairs assumed mislabelled "
                                   "(conservative DPO)", "[0, 1)")
+    nll_coef: float = knob(0.0, "RPO (Pang et al. 2024): weight of the chosen responses' "
+                           "per-token NLL added to the loss, so they keep their likelihood", ">= 0")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ One command, one directory: it writes the task's data under DIR/data, pre-trains
 (or reads `stages.base.init_from`), then SFT from the base, a reward model, DPO and PPO (rule
 reward: exact match) from the SFT run, each stage the project's own command on the shared loop
 (`train(config, DIR/<stage>, stage=Stage(kind))`), and measures every model on the SAME held-out
-prompts: greedy exact match (`post/evaluate.run_accuracy`) for the base, SFT, DPO and PPO runs,
+prompts: greedy exact match (`post/evaluate.run_accuracy`, the answer read up to end-of-text or
+a newline) for the base, SFT, DPO and PPO runs,
 held-out pairwise accuracy for the reward model (the reward stage's own validation on the
 held-out pairs), and self-consistency (k samples, majority vote) and few-shot prompts on the SFT
 model (`prompting/consistency.answer_questions`, `prompting/fewshot.few_shot_prompt`). It writes
@@ -261,7 +262,9 @@ def measure(config: AlignConfig, name: str, run: Path, data: dict[str, Path]) ->
         summary = json.loads((run / "summary.json").read_text())
         return {"reward_model": {"pairwise_accuracy": summary["val_pairwise_accuracy"]}}
     from foundations.post.evaluate import run_accuracy
-    out = {name: {"accuracy": run_accuracy(run, str(data["heldout"]))}}
+    # every stage's answer is read up to end-of-text or a newline (the base's pre-training lines
+    # have no end-of-text, so it goes on to write the next problem)
+    out = {name: {"accuracy": run_accuracy(run, str(data["heldout"]), stop="\n")}}
     if name == "sft":
         out.update(prompting_accuracy(config, run, data))
     return out
@@ -271,7 +274,8 @@ def measurement_key(config: AlignConfig, run: Path) -> dict:
     """What a cached measurement must match to be reused: the run's step and the evaluation."""
     from foundations.run import checkpoint_steps
     steps = checkpoint_steps(run)
-    return {"step": steps[-1] if steps else None, "task": dataclasses.asdict(config.task),
+    return {"step": steps[-1] if steps else None, "stop": "\n",
+            "task": dataclasses.asdict(config.task),
             "self_consistency": dataclasses.asdict(config.self_consistency),
             "few_shot": dataclasses.asdict(config.few_shot)}
 

@@ -196,6 +196,11 @@ class DpoTask(PairTask):
         d = self.config.dpo
         (pc, pr), (rc, rr) = jnp.split(policy, 2), jnp.split(reference, 2)
         loss, metrics = dpo_loss(pc, pr, rc, rr, d.beta, d.loss, d.label_smoothing)
+        # RPO's term: the chosen responses' mean per-token NLL (DPO alone may lower it too)
+        chosen_tokens = jnp.maximum(jnp.split(weights, 2)[0].sum(axis=1), 1.0)
+        metrics["chosen_nll"] = nll = jnp.mean(-pc / chosen_tokens)
+        if d.nll_coef:
+            loss = loss + d.nll_coef * nll
         return with_aux(trainer, loss, aux, metrics)
 
 
