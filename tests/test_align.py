@@ -115,3 +115,11 @@ def test_align_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert "training" not in log
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/**/*")} == checkpoints
     assert json.loads((out / "results.json").read_text()) == results
+    # a complete stage trained with other settings is refused in one line, and kept
+    changed = config.read_text().replace("dpo: {overrides: [train.steps=1]}",
+                                         "dpo: {overrides: [train.steps=1, dpo.nll_coef=0.5]}")
+    (tmp_path / "changed.yaml").write_text(changed)
+    assert main(["align", str(tmp_path / "changed.yaml"), "--out", str(out), "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stage dpo" in err and "dpo.nll_coef: 0.0 -> 0.5" in err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/**/*")} == checkpoints

@@ -203,9 +203,25 @@ def complete(run: Path, steps: int) -> bool:
     return (run / "summary.json").is_file() and steps in checkpoint_steps(run)
 
 
+def settings_changed(config, run: Path) -> list:
+    """What the stage's config changes against the one its run was trained with (the layer
+    scan's unroll aside: the trainer resolves model.scan_unroll=0 before saving)."""
+    from foundations.run import changed_settings
+    saved = load_config(run / "config.yaml")
+    return [c for c in changed_settings(saved, config)
+            if not (c[0] == "model.scan_unroll" and c[2] == 0)]
+
+
 def train_stage(name: str, config, run: Path, log) -> None:
-    """One stage through the shared loop (resumed where its run stopped), or skipped."""
+    """One stage through the shared loop (resumed where its run stopped), or skipped when its
+    run is complete with the same settings; complete with other settings is an error (the run
+    is kept: remove it to retrain, or use a new --out)."""
     if complete(run, config.train.steps):
+        changes = settings_changed(config, run)
+        if changes:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes[:4])
+            raise ConfigError(f"stage {name}: {run} is complete but was trained with other "
+                              f"settings ({listed}); remove it to retrain, or use a new --out")
         log(f"align: {name}: {run} is complete at step {config.train.steps}; skipped")
         return
     from foundations.train import train
@@ -271,10 +287,14 @@ def measure(config: AlignConfig, name: str, run: Path, data: dict[str, Path]) ->
 
 
 def measurement_key(config: AlignConfig, run: Path) -> dict:
-    """What a cached measurement must match to be reused: the run's step and the evaluation."""
+    """What a cached measurement must match to be reused: the run's step and config (a hash of
+    its config.yaml) and the evaluation."""
+    import hashlib
+
     from foundations.run import checkpoint_steps
     steps = checkpoint_steps(run)
-    return {"step": steps[-1] if steps else None, "stop": "\n",
+    trained = hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()[:16]
+    return {"step": steps[-1] if steps else None, "config": trained, "stop": "\n",
             "task": dataclasses.asdict(config.task),
             "self_consistency": dataclasses.asdict(config.self_consistency),
             "few_shot": dataclasses.asdict(config.few_shot)}
