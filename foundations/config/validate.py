@@ -165,7 +165,8 @@ def validate_ppo(config: Config) -> None:
 
 # the checks each command adds to validate(): what `foundations config --for COMMAND` runs
 COMMAND_CHECKS = {"train": (), "sft": (validate_post,), "reward": (validate_post,),
-                  "dpo": (validate_post,), "ppo": (validate_post, validate_ppo)}
+                  "dpo": (validate_post,), "ppo": (validate_post, validate_ppo),
+                  "merge": (validate_post,)}
 
 
 def validate_for(config: Config, command: str) -> None:
