@@ -114,6 +114,12 @@ def test_generate_on_the_adapter_run(method, data, tmp_path_factory, tmp_path, c
     assert main(["generate", "--run-dir", str(run_dir), "--prompt", PROMPTS[0],
                  "--max-new-tokens", str(NEW)]) == 0
     assert capsys.readouterr().out.startswith(PROMPTS[0] + texts[0])
+    # a soft prompt or a prefix has no place in a transformers checkpoint: refused in one line
+    if method in ("prompt", "prefix"):
+        assert main(["convert", "to-hf", "--run-dir", str(run_dir), str(tmp_path / "hf")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{method}-tuned run" in err, err
+        assert not (tmp_path / "hf").exists()
 
 
 @pytest.mark.parametrize("method", list(METHODS))

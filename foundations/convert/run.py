@@ -63,6 +63,10 @@ def run_to_hf(run_dir: str | Path, out_dir: str | Path) -> Path:
     from foundations.convert import HFModel, to_hf
     run_dir, out = Path(run_dir), Path(out_dir)
     run = load_run(run_dir)
+    if run.method in ("prompt", "prefix"):   # LoRA runs load merged, so they export
+        raise ConfigError(f"{run_dir} is a {run.method}-tuned run: a transformers checkpoint has "
+                          f"no place for its learned {run.method}; export its base "
+                          f"(train.init_from), or generate from the run itself")
     keep = run_dir / HF_FILES
     original = json.loads((keep / "config.json").read_text()) \
         if (keep / "config.json").is_file() else None
