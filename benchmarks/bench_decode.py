@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from foundations.config import load_config
-import foundations.inference.generate  # noqa: F401  (the module, for --stacked)
 from foundations.inference.generate import decoder_steps, generate
 from foundations.models.families import build_model
 
