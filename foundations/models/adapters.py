@@ -21,17 +21,17 @@ import re
 import jax
 import jax.numpy as jnp
 
+from foundations.config import ADAPTER_KEYS, adapter_settings
+
 STACKED_AXES = ("layers", "expert")   # one kernel per layer / expert: adapters get one each
 
-# the setting that turns each method on (a positive value); none set: every parameter trains
-SETTINGS = {"lora": "lora.rank", "prompt": "prompt_tuning.num_tokens",
-            "prefix": "prefix_tuning.num_tokens"}
+# the setting that turns each method on (config.ADAPTER_KEYS, a positive value); none: all train
+SETTINGS = dict(zip(("lora", "prompt", "prefix"), ADAPTER_KEYS))
 
 
 def method(config) -> str:
     """'lora', 'prompt', 'prefix' or 'full' (every parameter trains) for a config (at most one
     is set: config.validate_adapters refuses more)."""
-    from foundations.config import adapter_settings
     chosen = adapter_settings(config)
     return next((name for name, dotted in SETTINGS.items() if dotted in chosen[:1]), "full")
 
