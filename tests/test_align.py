@@ -103,6 +103,13 @@ def test_align_runs_every_stage_then_skips_them(tmp_path, capsys):
             if key != "k":
                 assert 0.0 <= value <= 1.0, (name, key)
     assert results["stages"]["self_consistency"]["k"] == 2
+    # each stage's number is its own run's, on the held-out problems
+    from foundations.post.evaluate import run_accuracy
+    for name in ("base", "sft", "dpo", "ppo"):
+        assert results["stages"][name]["accuracy"] == run_accuracy(
+            out / name, str(out / "data" / "heldout.jsonl"), stop="\n"), name
+    rm = json.loads((out / "reward_model" / "summary.json").read_text())
+    assert results["stages"]["reward_model"]["pairwise_accuracy"] == rm["val_pairwise_accuracy"]
     assert (out / "stages.png").stat().st_size > 0
     for name in ("base", "sft", "reward_model", "dpo", "ppo"):
         assert (out / name / "summary.json").is_file(), name
