@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = {"sft": "supervised fine-tuning on (prompt, response) JSONL",
-          "reward": "a reward model on (prompt, chosen, rejected) JSONL",
-          "dpo": "direct preference optimisation against the init_from policy",
-          "ppo": "PPO (or GRPO) from a rule or reward-model reward on prompts JSONL"}
+STAGE_HELP = {"sft": "supervised fine-tuning on (prompt, response) JSONL",
+              "reward": "a reward model on (prompt, chosen, rejected) JSONL",
+              "dpo": "direct preference optimisation against the init_from policy",
+              "ppo": "PPO (or GRPO) from a rule or reward-model reward on prompts JSONL"}
 
 
 def _stage(args) -> None:
@@ -47,7 +47,7 @@ def _addition_data(args) -> None:
 
 
 def add_post_parser(commands) -> None:
-    for name, help_text in STAGES.items():
+    for name, help_text in STAGE_HELP.items():
         p = commands.add_parser(name, help=help_text)
         p.add_argument("config", help="YAML file, e.g. experiments/post/addition.yaml")
         p.add_argument("overrides", nargs="*", help="section.key=value, e.g. lora.rank=8")

@@ -1,8 +1,8 @@
 """The post-training stages on the shared training loop: SFT, reward model, DPO.
 
-Each stage is a task (its batches, its loss, its metrics) trained by `PostTrainer` through
-`foundations.train.train(..., stage=Stage(kind))`, so checkpoints, resuming, pre-emption,
-logging and evaluation are the pre-training loop's own.
+Each stage is a `Task` (its batches, its loss, its metrics; STAGES maps the stage's name to it)
+trained by `PostTrainer` through `foundations.train.train(..., stage=Stage(kind))`, so
+checkpoints, resuming, pre-emption, logging and evaluation are the pre-training loop's own.
   sft:    cross-entropy on the response tokens of packed (prompt, response) examples.
   reward: a scalar head on the last hidden state, Bradley-Terry loss -log sigmoid(r_c - r_r).
   dpo:    -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) against the frozen init_from
@@ -204,11 +204,13 @@ class DpoTask(PairTask):
         return with_aux(trainer, loss, aux, metrics)
 
 
-TASKS: dict[str, type[Task]] = {"sft": SftTask, "reward": RewardTask, "dpo": DpoTask}
+# each stage's Task; "ppo" (post/ppo.py builds on this module) is added where it is looked up
+STAGES: dict[str, type[Task]] = {"sft": SftTask, "reward": RewardTask, "dpo": DpoTask}
 
 
 class Stage:
-    """What `loop.train(stage=...)` asks of a post-training stage: trainer, batches, validation."""
+    """What `loop.train(stage=...)` asks of a post-training stage: trainer, batches, validation,
+    all built from the stage's Task in STAGES."""
 
     def __init__(self, kind: str, log=print):
         self.kind, self.log = kind, log
@@ -218,7 +220,7 @@ class Stage:
         validate_for(config, self.kind)   # config-only checks first, before any data is read
         tokenizer = configured_tokenizer(config.data.tokenizer)
         from foundations.post.ppo import PpoTask   # on-policy; it builds on this module
-        task = {**TASKS, "ppo": PpoTask}[self.kind](config, tokenizer)
+        task = {**STAGES, "ppo": PpoTask}[self.kind](config, tokenizer)
         mesh = mesh if mesh is not None else make_mesh(config.mesh)
         trainer = PostTrainer(config, mesh, tokenizer, task, self.log)
         trainable, base = trainer.trainable_count()
