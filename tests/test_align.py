@@ -104,7 +104,7 @@ def test_align_runs_every_stage_then_skips_them(tmp_path, capsys):
                 assert 0.0 <= value <= 1.0, (name, key)
     assert results["stages"]["self_consistency"]["k"] == 2
     # each stage's number is its own run's, on the held-out problems
-    from foundations.post.evaluate import run_accuracy
+    from foundations.post.answers import run_accuracy
     for name in ("base", "sft", "dpo", "ppo"):
         assert results["stages"][name]["accuracy"] == run_accuracy(
             out / name, str(out / "data" / "heldout.jsonl"), stop="\n"), name

@@ -4,7 +4,7 @@ One command, one directory: it writes the task's data under DIR/data, pre-trains
 (or reads `stages.base.init_from`), then SFT from the base, a reward model, DPO and PPO (rule
 reward: exact match) from the SFT run, each stage the project's own command on the shared loop
 (`train(config, DIR/<stage>, stage=Stage(kind))`), and measures every model on the SAME held-out
-prompts: greedy exact match (`post/evaluate.run_accuracy`, the answer read up to end-of-text or
+prompts: greedy exact match (`post/answers.run_accuracy`, the answer read up to end-of-text or
 a newline) for the base, SFT, DPO and PPO runs,
 held-out pairwise accuracy for the reward model (the reward stage's own validation on the
 held-out pairs), and self-consistency (k samples, majority vote) and few-shot prompts on the SFT
@@ -277,7 +277,7 @@ def measure(config: AlignConfig, name: str, run: Path, data: dict[str, Path]) ->
     if name == "reward":   # the stage's own validation on the held-out pairs (summary.json)
         summary = json.loads((run / "summary.json").read_text())
         return {"reward_model": {"pairwise_accuracy": summary["val_pairwise_accuracy"]}}
-    from foundations.post.evaluate import run_accuracy
+    from foundations.post.answers import run_accuracy
     # every stage's answer is read up to end-of-text or a newline (the base's pre-training lines
     # have no end-of-text, so it goes on to write the next problem)
     out = {name: {"accuracy": run_accuracy(run, str(data["heldout"]), stop="\n")}}

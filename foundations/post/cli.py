@@ -35,7 +35,7 @@ def _merge(args) -> None:
 
 
 def _answers(args) -> None:
-    from foundations.post.evaluate import run_accuracy
+    from foundations.post.answers import run_accuracy
     accuracy = run_accuracy(args.run_dir, args.examples, args.limit)
     print(f"{args.run_dir}: exact-match accuracy {accuracy:.4f} on {args.examples}")
 
