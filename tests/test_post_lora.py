@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from foundations.config import load_config
-from foundations.convert.lora import lora_deltas
+from foundations.convert.lora import export_peft, lora_deltas
 from foundations.convert.weights import rules_for, to_hf_layout
 from foundations.parallel.mesh import make_mesh
-from foundations.post.adapters import export_peft
 from foundations.post.stages import Stage
 from foundations.post.synthetic import write_addition
 from foundations.post.merge import merge_run

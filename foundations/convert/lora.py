@@ -1,9 +1,11 @@
-"""PEFT LoRA adapters: W' = W + (lora_alpha / r) * B @ A on every targeted weight.
+"""PEFT LoRA adapters, both ways: W' = W + (lora_alpha / r) * B @ A on every targeted weight.
 
-Read from adapter_config.json + adapter_model.safetensors and added to the base model's HF
-tensors before they are mapped onto our parameters, so one table of names (convert/weights.py)
-serves base models and adapters alike. Settings that change this formula in ways not handled
-here (DoRA, trained biases, extra saved modules) are refused naming the key.
+Import (`add_lora`): read from adapter_config.json + adapter_model.safetensors and added to the
+base model's HF tensors before they are mapped onto our parameters, so one table of names
+(convert/weights.py) serves base models and adapters alike. Settings that change this formula in
+ways not handled here (DoRA, trained biases, extra saved modules) are refused naming the key.
+Export (`export_peft`, for `foundations merge --peft`): a LoRA run's adapters in that format,
+through the same table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from foundations.config import ConfigError
+from foundations.convert.weights import rules_for
 
 PEFT_PREFIX = "base_model.model."
 
@@ -82,3 +85,33 @@ def add_lora(tensors: dict[str, np.ndarray], directory: str | Path) -> dict[str,
                               f"the weight {out[name].shape}")
         out[name] = (out[name].astype(np.float64) + delta).astype(out[name].dtype)
     return out
+
+
+def export_peft(config, adapters_tree: dict, targets: dict, out_dir) -> None:
+    """Writes LoRA adapters as PEFT's adapter_config.json + adapter_model.safetensors (LLaMA
+    layout, model.norm=rmsnorm): lora_A = A^T (rank, in), lora_B = B^T (out, rank) per layer,
+    which `lora_deltas` (and PEFT) read back as W + (alpha / r) * B @ A."""
+    from safetensors.numpy import save_file
+    if config.model.norm != "rmsnorm" or config.model.moe.num_experts:
+        raise ConfigError("LoRA export to PEFT's format supports LLaMA-style dense decoders "
+                          "(model.norm=rmsnorm, no experts)")
+    rules = {r.ours: r for r in rules_for(config)}
+    tensors, modules = {}, set()
+    for name, adapter in adapters_tree.items():
+        if name not in rules or not rules[name].linear or targets[name][0] != 1:
+            raise ConfigError(f"LoRA export: {name} has no per-layer Linear weight in the "
+                              "Hugging Face layout")
+        a, b = np.asarray(adapter["a"], np.float32), np.asarray(adapter["b"], np.float32)
+        for layer in range(a.shape[0]):
+            module = rules[name].hf.format(i=layer).removesuffix(".weight")
+            modules.add(module.rsplit(".", 1)[-1])
+            tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a[layer].T)
+            tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b[layer].T)
+    lora = config.lora
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": lora.rank, "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout, "target_modules": sorted(modules), "bias": "none",
+        "fan_in_fan_out": False, "task_type": "CAUSAL_LM"}, indent=2))

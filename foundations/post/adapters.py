@@ -13,8 +13,9 @@ text; their logits are cut off again.
 Prefix tuning (Li & Liang 2021): free keys and values in every layer's attention, which every
 query sees before the sequence; the model reads them beside each attention layer's kernels.
 
-Here: the adapters' initialisation, counting and PEFT export; what the model reads for them
-(apply_lora, with_soft_prompt, with_prefix) is in models/adapters.py, shared with run.py.
+Here: the adapters' initialisation and counting; what the model reads for them (apply_lora,
+with_soft_prompt, with_prefix) is in models/adapters.py, shared with run.py; LoRA's export to
+PEFT's format is convert/lora.py `export_peft`, beside its import.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 
 
 def _flat_shapes(shape, split):
@@ -68,41 +68,3 @@ def init_prefix(rng, num_tokens: int, cfg) -> dict:
 
 def count(tree) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
-
-
-def export_peft(config, adapters_tree: dict, targets: dict, out_dir) -> None:
-    """Writes LoRA adapters as PEFT's adapter_config.json + adapter_model.safetensors (LLaMA
-    layout, model.norm=rmsnorm): lora_A = A^T (rank, in), lora_B = B^T (out, rank) per layer,
-    which convert/lora.py (and PEFT) read back as W + (alpha / r) * B @ A."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from foundations.config import ConfigError
-    from foundations.convert.lora import PEFT_PREFIX
-    from foundations.convert.weights import rules_for
-    if config.model.norm != "rmsnorm" or config.model.moe.num_experts:
-        raise ConfigError("LoRA export to PEFT's format supports LLaMA-style dense decoders "
-                          "(model.norm=rmsnorm, no experts)")
-    rules = {r.ours: r for r in rules_for(config)}
-    tensors, modules = {}, set()
-    for name, adapter in adapters_tree.items():
-        if name not in rules or not rules[name].linear or targets[name][0] != 1:
-            raise ConfigError(f"LoRA export: {name} has no per-layer Linear weight in the "
-                              "Hugging Face layout")
-        a, b = np.asarray(adapter["a"], np.float32), np.asarray(adapter["b"], np.float32)
-        for layer in range(a.shape[0]):
-            module = rules[name].hf.format(i=layer).removesuffix(".weight")
-            modules.add(module.rsplit(".", 1)[-1])
-            tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a[layer].T)
-            tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b[layer].T)
-    lora = config.lora
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": lora.rank, "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout, "target_modules": sorted(modules), "bias": "none",
-        "fan_in_fan_out": False, "task_type": "CAUSAL_LM"}, indent=2))

@@ -14,7 +14,7 @@ import jax
 from foundations.config import ConfigError, replace
 from foundations.tokenizers import configured_tokenizer
 from foundations.parallel.mesh import make_mesh
-from foundations.post.adapters import export_peft
+from foundations.convert.lora import export_peft
 from foundations.post.stages import BaseTask
 from foundations.post.trainer import ADAPTER_SETTINGS, PostTrainer
 from foundations.run import (SINGLE_DEVICE, checkpoint_steps, read_config, restore_params,
