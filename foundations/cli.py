@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     _add_optional_commands(commands)
+    # the usage line names the listed commands only, not the hidden aliases (tasks_cli.py)
+    commands.metavar = "{" + ",".join(a.dest for a in commands._choices_actions) + "}"
     return parser
 
 
@@ -172,10 +174,10 @@ def _add_optional_commands(commands) -> None:
     from foundations.data.prepare import add_prepare_parser
     from foundations.post.align import add_align_parser
     from foundations.post.cli import add_post_parser
-    from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
-                                           add_rag_parser)
+    from foundations.prompting.cli import add_context_parser, add_rag_parser
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
+    from foundations.tasks_cli import add_task_parser
     from foundations.tokenizers.cli import add_tokenize_parser
     add_tokenize_parser(commands)
     add_sweep_parser(commands)
@@ -185,7 +187,7 @@ def _add_optional_commands(commands) -> None:
     add_convert_parser(commands)
     add_rag_parser(commands)
     add_context_parser(commands)
-    add_addition_parsers(commands)
+    add_task_parser(commands)
     add_prepare_parser(commands)
     add_post_parser(commands)
     add_align_parser(commands)

@@ -1,5 +1,6 @@
-"""`foundations sft|reward|dpo|ppo CONFIG [overrides] --run-dir DIR`; `merge` (LoRA into the base
-weights), `answers` (exact-match accuracy) and `addition-pairs` (the synthetic task's JSONL)."""
+"""`foundations sft|reward|dpo|ppo CONFIG [overrides] --run-dir DIR` and `merge` (LoRA into the
+base weights); `foundations task answers` (exact-match accuracy) and `task addition-pairs` (the
+synthetic task's JSONL) are mounted by tasks_cli.py."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _answers(args) -> None:
     print(f"{args.run_dir}: exact-match accuracy {accuracy:.4f} on {args.examples}")
 
 
-def _addition_data(args) -> None:
+def _addition_pairs(args) -> None:
     from foundations.post.synthetic import write_addition
     for name, path in write_addition(args.out, args.count, args.digits, args.seed).items():
         print(f"{name}: {path}")
@@ -55,18 +56,24 @@ def add_post_parser(commands) -> None:
                                          "an existing one is resumed")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=_stage)
+    p = commands.add_parser("merge", help="fold a LoRA run's adapters into its base weights")
+    p.add_argument("--run-dir", required=True, help="a run trained with lora.rank > 0")
+    p.add_argument("--out", required=True, help="the merged run directory to write")
+    p.add_argument("--peft", help="also write the adapters here in PEFT's format")
+    p.set_defaults(func=_merge)
+
+
+def add_addition_pairs_parser(commands) -> None:
     p = commands.add_parser("addition-pairs", help="write the synthetic addition task's "
                                                   "sft.jsonl and pairs.jsonl")
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--digits", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_addition_data)
-    p = commands.add_parser("merge", help="fold a LoRA run's adapters into its base weights")
-    p.add_argument("--run-dir", required=True, help="a run trained with lora.rank > 0")
-    p.add_argument("--out", required=True, help="the merged run directory to write")
-    p.add_argument("--peft", help="also write the adapters here in PEFT's format")
-    p.set_defaults(func=_merge)
+    p.set_defaults(func=_addition_pairs)
+
+
+def add_answers_parser(commands) -> None:
     p = commands.add_parser("answers", help="exact-match accuracy of a run's greedy answers "
                                             "on (prompt, response) JSONL")
     p.add_argument("examples", help="JSONL of {\"prompt\", \"response\"} lines")

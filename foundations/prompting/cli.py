@@ -1,4 +1,5 @@
-"""`foundations rag` and `foundations context-ppl`: the prompting package's commands.
+"""`foundations rag`, `foundations context-ppl`, and `foundations task addition-data|prompt-eval`
+(the addition task's text and a run's accuracy on it): the prompting package's commands.
 
 Flags are defined here without importing JAX (the parser is built before `compile` sets up
 devices); the work imports it when a command runs.
@@ -80,7 +81,7 @@ def context_command(args) -> None:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
 
 
-def add_addition_parsers(commands) -> None:
+def add_addition_data_parser(commands) -> None:
     p = commands.add_parser("addition-data", help="write the addition task ('Q: 12+35= A: 47') "
                                                   "as training text")
     p.add_argument("out", help="the text file to write")
@@ -91,6 +92,8 @@ def add_addition_parsers(commands) -> None:
                    help="write the column sums before the answer")
     p.set_defaults(func=addition_data_command)
 
+
+def add_prompt_eval_parser(commands) -> None:
     p = commands.add_parser("prompt-eval", help="addition accuracy of a run: zero-shot, "
                                                 "few-shot, and self-consistency (majority vote)")
     p.add_argument("--run-dir", required=True)
