@@ -1,4 +1,15 @@
-"""`foundations` command line: train, eval, generate (and the other issues' sub-commands).
+"""`foundations VERB ...`: the project's command line, one verb (or verb group) per job.
+
+  runs:            train, config, eval, generate, bench, compile
+  data:            tokenize, prepare
+  scaling laws:    sweep, fit, plot
+  Hugging Face:    convert from-hf | to-hf
+  prompting:       rag, context-ppl
+  post-training:   sft, reward, dpo, ppo, merge, align
+  synthetic tasks: task addition-data | addition-pairs | prompt-eval | answers
+
+train, config, eval, generate and bench are defined here; the other verbs with their packages,
+each an `add_*_parser(commands)` that `_add_optional_commands` mounts.
 
 Configuration problems (unknown key, wrong type, a batch that does not divide the mesh, a missing
 or non-UTF-8 data file, a corrupt checkpoint) print one line naming the problem and exit 2. A run
