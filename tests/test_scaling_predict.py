@@ -3,12 +3,14 @@ law at C, the nearest size of the ladder with its steps, and the predicted loss 
 
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from foundations.cli import main
+from foundations.scaling.grid import load_grid, plan_runs
 from foundations.scaling.synthetic import TRUE_LAW, law_loss, optimal_n, write_sweep
 
 # Hoffmann et al. 2022, Approach 3 (their eq. 10)
@@ -68,6 +70,16 @@ def test_ladder_from_the_sweep_file_gives_a_size_and_its_steps(capsys):
     assert isinstance(p["steps"], int) and p["steps"] >= 1
     assert 6 * size["n"] * size["tokens"] == pytest.approx(C, rel=0.05)   # it spends C
     assert abs(math.log(size["n"] / p["n_opt"])) <= math.log(16)
+    # the printed command plans exactly that run on the sweep's recipe: its size, steps and batch
+    args = shlex.split(p["command"])
+    assert args[:2] == ["foundations", "sweep"] and args[2] == str(GUTENBERG)
+    overrides = [a for a in args[3:] if "=" in a]
+    (run,) = plan_runs(*load_grid(GUTENBERG, overrides))
+    assert (run.config.model.num_layers, run.config.model.d_model) == (
+        size["num_layers"], size["d_model"])
+    assert run.config.train.steps == p["steps"]
+    assert run.config.train.batch_size == size["batch_size"]
+    assert run.tokens == size["tokens"] and run.flops == pytest.approx(C, rel=0.05)
 
 
 def test_predict_refuses_what_it_cannot_do(capsys):

@@ -51,7 +51,7 @@ def run_predict(args):
     """`fit --predict C`: fit Approach 3 (with its bootstrap) or take --law, and plan a run at C."""
     from foundations.scaling import fit as F
     from foundations.scaling.predict import (format_prediction, ladder_from_grid, ladder_from_results,
-                                             parse_law, predict)
+                                             parse_law, predict, train_command)
     from foundations.scaling.results import ResultsError, columns, load_results, size_column
 
     if args.predict <= 0:
@@ -77,6 +77,8 @@ def run_predict(args):
     ladder = (ladder_from_grid(args.grid, n_column) if args.grid is not None
               else ladder_from_results(rows, n_column) if rows else [])
     prediction = predict(params, args.predict, samples, ladder)
+    if args.grid is not None and prediction.get("steps"):
+        prediction["command"] = train_command(args.grid, prediction)
     print(json.dumps(prediction) if args.json else format_prediction(prediction))
     return 0
 

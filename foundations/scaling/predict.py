@@ -50,7 +50,7 @@ def ladder_from_grid(sweep_file, n_column: str = "n_compute") -> list[dict]:
         n = {"n_compute": train_flops_per_token(m, config.data.seq_len, config.objective) / 6,
              "n_params": counts.non_embedding}[n_column]
         ladder.append({"name": size_name(m.num_layers, m.d_model), "num_layers": m.num_layers,
-                       "d_model": m.d_model, "n": float(n),
+                       "d_model": m.d_model, "n": float(n), "batch_size": config.train.batch_size,
                        "tokens_per_step": config.train.batch_size * config.data.seq_len})
     return ladder
 
@@ -106,12 +106,28 @@ def predict(params: dict, C: float, samples=(), ladder=()) -> dict:
             tokens = steps * size["tokens_per_step"]
         with np.errstate(all="ignore"):
             out["size"] = {"name": size["name"], "num_layers": size["num_layers"],
-                           "d_model": size["d_model"], "n": size["n"], "tokens": float(tokens),
+                           "d_model": size["d_model"], "batch_size": size.get("batch_size"),
+                           "n": size["n"], "tokens": float(tokens),
                            "loss": float(F.predict_loss(params, size["n"], tokens)),
                            "loss_interval": _interval(
                                [float(F.predict_loss(s, size["n"], tokens)) for s in samples])}
         out["steps"] = steps
     return out
+
+
+def train_command(sweep_file, p: dict, out_dir: str | None = None) -> str:
+    """The `foundations sweep` command that trains exactly the planned run (the nearest ladder
+    size for p['steps'] steps) on the sweep file's recipe: the grid narrowed to that one size and
+    the budget those steps spend, so lr, batch, warmup and validation are the sweep's own; its
+    results.jsonl then holds the run's validation loss, measured as every sweep run's is."""
+    size = p["size"]
+    budget = 6 * size["n"] * size["tokens"]
+    out_dir = out_dir or f"runs/predict_C{p['compute']:.3g}".replace("+", "")
+    return (f"foundations sweep {sweep_file} --out {out_dir} --bootstrap -1 "
+            f"'grid.budgets=[{budget!r}]' "
+            f"'grid.sizes=[[{size['num_layers']},{size['d_model']},{size['batch_size']}]]' "
+            f"grid.sizes_per_budget=0 grid.min_steps=1 grid.max_steps={p['steps']} "
+            f"grid.min_tokens_per_param=0 grid.max_tokens_per_param=0")
 
 
 def format_prediction(p: dict) -> str:
@@ -132,4 +148,6 @@ def format_prediction(p: dict) -> str:
         lines.append(f"  nearest size on the ladder: {size['name']} (N = {size['n']:.4g}){steps}, "
                      f"{size['tokens']:.4g} tokens: predicted loss {size['loss']:.4f}"
                      f"{interval(size['loss_interval'], '{:.4f}')}")
+    if p.get("command"):
+        lines.append(f"  train it on the sweep's recipe:\n    {p['command']}")
     return "\n".join(lines)
