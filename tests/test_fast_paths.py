@@ -1,6 +1,7 @@
 """Fast paths leave the numbers alone: chunked cross-entropy equals the whole-logits loss (optax on
 (B, T, V)), values and gradients, and the trainer's loss and gradients do not change with
-`objective.loss_chunk_size` or an unrolled layer scan (`model.scan_unroll`)."""
+`objective.loss_chunk_size`, an unrolled layer scan (`model.scan_unroll`) or the fused q/k/v
+projection (`model.fuse_qkv`, against the three separate einsums)."""
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ def test_chunked_cross_entropy_equals_optax_on_whole_logits():
 @pytest.mark.parametrize("tied,fast_path", [(True, "objective.loss_chunk_size=12"),
                                              (False, "objective.loss_chunk_size=12"),
                                              (True, "model.scan_unroll=2"),
-                                             (True, "model.scan_unroll=0")])
+                                             (True, "model.scan_unroll=0"),
+                                             (True, "model.fuse_qkv=true")])
 def test_trainer_loss_and_gradients_do_not_change(tied, fast_path):
     """Against the scanned stack (scan_unroll=1); scan_unroll=0 (auto) unrolls it on the CPU."""
     overrides = [*TINY, f"model.tie_embeddings={str(tied).lower()}", "model.scan_unroll=1"]

@@ -100,6 +100,9 @@ class ModelConfig:
     type_vocab_size: int = knob(2, "encoder: segment (token type) embeddings; 0: none", ">= 0")
     local_window_size: int = knob(0, "> 0: each query sees only the last N keys (itself "
                                   "included); 0: all", ">= 0")
+    fuse_qkv: bool = knob(False, "self-attention with num_kv_heads == num_heads runs its query, "
+                          "key and value kernels as one matmul (same parameters, same math; "
+                          "no faster on XLA:CPU, benchmarks/NOTES.md)")
     attention_impl: AttentionImpl = knob("auto", "jax.nn.dot_product_attention implementation")
     dtype: DType = knob("float32", "compute dtype (parameters stay param_dtype)")
     param_dtype: DType = knob("float32", "parameter dtype")

@@ -138,8 +138,8 @@ def config_from_hf(hf: dict, tokenizer: str = "byte") -> Config:
 
 # Settings that do not change what a model computes at inference.
 NOT_MATH = ("model.dropout", "model.init_std", "model.vocab_multiple", "model.dtype",
-            "model.param_dtype", "model.attention_impl", "model.remat", "model.moe.z_loss_coef",
-            "model.moe.aux_loss_coef")
+            "model.param_dtype", "model.attention_impl", "model.fuse_qkv", "model.remat",
+            "model.moe.z_loss_coef", "model.moe.aux_loss_coef")
 
 
 def model_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from foundations.config import ModelConfig
 from foundations.models.kv_cache import cache_cross_attention, cache_self_attention
-from foundations.models.layers import Einsum, constrain, residual_std
+from foundations.models.layers import Einsum, constrain, dtypes, residual_std
 from foundations.models.positions import apply_rope, scaled_rope
 
 
@@ -57,6 +57,18 @@ def prefix_keys_values(module: nn.Module, k, v, mask, causal: bool, queries: int
             jnp.concatenate([seen, mask], axis=3))
 
 
+def fused_qkv(cfg: ModelConfig, x, projections):
+    """q, k, v from one einsum over the three kernels stacked beside the heads axis,
+    (embed, 3, heads, head_dim): x is read once and the matmul is three times wider. The
+    parameters stay the three named kernels (checkpoints, LoRA and HF conversion are unchanged)."""
+    dtype = dtypes(cfg)["dtype"]
+    kernel = jnp.stack([p.kernel.astype(dtype) for p in projections], axis=1)
+    qkv = jnp.einsum("btd,dshk->sbthk", x.astype(dtype), kernel)
+    if projections[0].bias is not None:
+        qkv = qkv + jnp.stack([p.bias.astype(dtype) for p in projections])[:, None, None]
+    return qkv[0], qkv[1], qkv[2]
+
+
 class Attention(nn.Module):
     """Self-attention (context None) or cross-attention; `causal` masks future keys."""
     cfg: ModelConfig
@@ -69,17 +81,22 @@ class Attention(nn.Module):
         cfg = self.cfg
         kv_input = x if context is None else context
 
-        def project(inputs, heads, name):
+        def projection(heads, name):
             axes = ("embed", "heads" if name == "query" else "kv_heads", "head_dim")
             return Einsum(cfg, "btd,dhk->bthk", (cfg.d_model, heads, cfg.head_dim), axes,
-                          cfg.init_std, bias_axes=axes[1:], name=name)(inputs)
+                          cfg.init_std, bias_axes=axes[1:], name=name)
 
-        q = project(x, cfg.num_heads, "query")
+        query = projection(cfg.num_heads, "query")
         if context is not None and self.decode == "step":  # computed once, at the prefill
+            q = query(x)
             k, v = cache_cross_attention(self, None, None)
+        elif context is None and cfg.fuse_qkv and cfg.num_kv_heads == cfg.num_heads:
+            q, k, v = fused_qkv(cfg, x, [query, projection(cfg.num_heads, "key"),
+                                         projection(cfg.num_heads, "value")])
         else:
-            k = project(kv_input, cfg.num_kv_heads, "key")
-            v = project(kv_input, cfg.num_kv_heads, "value")
+            q = query(x)
+            k = projection(cfg.num_kv_heads, "key")(kv_input)
+            v = projection(cfg.num_kv_heads, "value")(kv_input)
         if cfg.positions.kind == "rope" and context is None:
             rope_positions, theta = scaled_rope(positions, cfg.head_dim, cfg.positions.theta,
                                                 cfg.positions.scaling, cfg.positions.factor)

@@ -102,7 +102,8 @@ class Mlp(nn.Module):
 
 class Einsum(nn.Module):
     """y = einsum(spec, x, W) + b with W created in its multi-axis shape, e.g. (embed, heads,
-    head_dim) for a query projection, so every weight axis has its own logical name."""
+    head_dim) for a query projection, so every weight axis has its own logical name. `kernel`
+    and `bias` are readable from outside (attention fuses the q/k/v kernels into one matmul)."""
     cfg: ModelConfig
     spec: str
     kernel_shape: tuple[int, ...]
@@ -110,17 +111,18 @@ class Einsum(nn.Module):
     std: float
     bias_axes: tuple[str, ...] = ()   # trailing kernel axes that get a bias; () with no bias
 
-    @nn.compact
+    def setup(self):
+        param_dtype = dtypes(self.cfg)["param_dtype"]
+        self.kernel = self.param("kernel", normal(self.std, self.kernel_axes), self.kernel_shape,
+                                 param_dtype)
+        self.bias = (self.param("bias", zeros(self.bias_axes),
+                                self.kernel_shape[-len(self.bias_axes):], param_dtype)
+                     if self.cfg.use_bias and self.bias_axes else None)
+
     def __call__(self, x):
-        kinds = dtypes(self.cfg)
-        kernel = self.param("kernel", normal(self.std, self.kernel_axes), self.kernel_shape,
-                            kinds["param_dtype"])
-        y = jnp.einsum(self.spec, x.astype(kinds["dtype"]), kernel.astype(kinds["dtype"]))
-        if self.cfg.use_bias and self.bias_axes:
-            bias_shape = self.kernel_shape[-len(self.bias_axes):]
-            bias = self.param("bias", zeros(self.bias_axes), bias_shape, kinds["param_dtype"])
-            y = y + bias.astype(kinds["dtype"])
-        return y
+        dtype = dtypes(self.cfg)["dtype"]
+        y = jnp.einsum(self.spec, x.astype(dtype), self.kernel.astype(dtype))
+        return y if self.bias is None else y + self.bias.astype(dtype)
 
 
 class Embedding(nn.Module):
