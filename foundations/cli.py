@@ -173,7 +173,7 @@ def _add_optional_commands(commands) -> None:
     from foundations.post.align import add_align_parser
     from foundations.post.cli import add_post_parser
     from foundations.prompting.cli import (add_addition_parsers, add_context_parser,
-                                           add_rag_parser)
+                                           add_facts_commands, add_rag_parser)
     from foundations.scaling.cli import add_fit_parser, add_plot_parser
     from foundations.scaling.sweep import add_sweep_parser
     from foundations.tokenizers.cli import add_tokenize_parser
@@ -186,6 +186,7 @@ def _add_optional_commands(commands) -> None:
     add_rag_parser(commands)
     add_context_parser(commands)
     add_addition_parsers(commands)
+    add_facts_commands(commands)   # moves under `foundations task` at the merge
     add_prepare_parser(commands)
     add_post_parser(commands)
     add_align_parser(commands)
