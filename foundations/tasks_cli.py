@@ -6,7 +6,8 @@ a new command joins the group with one `add_..._parser(group)` call in `add_task
 from __future__ import annotations
 
 from foundations.post.cli import add_addition_pairs_parser, add_answers_parser
-from foundations.prompting.cli import add_addition_data_parser, add_prompt_eval_parser
+from foundations.prompting.cli import (add_addition_data_parser, add_facts_commands,
+                                       add_prompt_eval_parser)
 
 # top-level verbs before the group existed: still parsed, for scripts, but not listed in --help
 TOP_LEVEL_ALIASES = (add_addition_data_parser, add_addition_pairs_parser, add_prompt_eval_parser,
@@ -23,11 +24,12 @@ def add_hidden(commands, add_parser) -> None:
 def add_task_parser(commands) -> None:
     p = commands.add_parser("task", help="the synthetic tasks: write their data, measure runs "
                                          "on them (addition-data, addition-pairs, prompt-eval, "
-                                         "answers)")
+                                         "answers, facts-data, facts-eval)")
     group = p.add_subparsers(dest="task_command", required=True)
     add_addition_data_parser(group)
     add_addition_pairs_parser(group)
     add_prompt_eval_parser(group)
     add_answers_parser(group)
+    add_facts_commands(group)
     for add_parser in TOP_LEVEL_ALIASES:
         add_hidden(commands, add_parser)

@@ -244,8 +244,15 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
+def voted_answer(text: str) -> str | None:
+    """A sample's answer as self-consistency votes on it: its first line without surrounding
+    whitespace; None (no vote) when that is empty."""
+    return first_line(text).strip() or None
+
+
 def prompting_accuracy(config: AlignConfig, run: Path, data: dict[str, Path]) -> dict:
-    """Self-consistency (k samples at temperature, majority vote on the exact answer) and
+    """Self-consistency (k samples at temperature, majority vote on the answer's first line,
+    ties to the greedy answer, empty answers not voting) and
     greedy few-shot accuracy of a run on the held-out problems, with the run's sft.template."""
     from foundations.post.data import read_jsonl
     from foundations.prompting.consistency import answer_questions
@@ -264,9 +271,11 @@ def prompting_accuracy(config: AlignConfig, run: Path, data: dict[str, Path]) ->
                            template) for i, e in enumerate(held)]
     sc, tokens = config.self_consistency, config.task.max_new_tokens
     model = (loaded.model, loaded.params, loaded.tokenizer)
-    voted, _ = answer_questions(*model, zero, first_line, samples=sc.k,
+    # the vote's ties go to the greedy answer: a tie that greedy decoding would win is not lost
+    greedy, _ = answer_questions(*model, zero, voted_answer, max_new_tokens=tokens)
+    voted, _ = answer_questions(*model, zero, voted_answer, samples=sc.k,
                                 temperature=sc.temperature, max_new_tokens=tokens,
-                                seed=config.task.seed)
+                                seed=config.task.seed, prefer=greedy)
     shot, _ = answer_questions(*model, few, first_line, max_new_tokens=tokens)
     return {"self_consistency": {"accuracy": accuracy(voted, answers), "k": sc.k},
             "few_shot": {"accuracy": accuracy(shot, answers)}}
@@ -294,7 +303,9 @@ def measurement_key(config: AlignConfig, run: Path) -> dict:
     from foundations.run import checkpoint_steps
     steps = checkpoint_steps(run)
     trained = hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()[:16]
+    # "vote": how self-consistency votes (a measurement of an older vote is not reused)
     return {"step": steps[-1] if steps else None, "config": trained, "stop": "\n",
+            "vote": "first line stripped, ties to greedy",
             "task": dataclasses.asdict(config.task),
             "self_consistency": dataclasses.asdict(config.self_consistency),
             "few_shot": dataclasses.asdict(config.few_shot)}

@@ -1,5 +1,6 @@
-"""`foundations rag`, `foundations context-ppl`, and `foundations task addition-data|prompt-eval`
-(the addition task's text and a run's accuracy on it): the prompting package's commands.
+"""The prompting package's commands: `rag`, `context-ppl`, and, under `foundations task`,
+`addition-data`, `prompt-eval`, `facts-data` and `facts-eval` (the synthetic tasks' data and a
+run's accuracy on them).
 
 Flags are defined here without importing JAX (the parser is built before `compile` sets up
 devices); the work imports it when a command runs.
@@ -150,3 +151,73 @@ def prompt_eval_command(args) -> None:
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def add_facts_commands(commands) -> None:
+    """`facts-data` and `facts-eval`: the RAG measurement on made-up entities (prompting/facts)."""
+    p = commands.add_parser("facts-data", help="write the facts task: training text, a passage "
+                                               "folder and held-out questions (eval.jsonl)")
+    p.add_argument("out", help="the folder to write train.txt, passages/ and eval.jsonl into")
+    p.add_argument("--train-entities", type=int, default=2000)
+    p.add_argument("--heldout-entities", type=int, default=200, help="one question each")
+    p.add_argument("--examples-per-entity", type=int, default=3)
+    p.add_argument("--max-passages", type=int, default=1,
+                   help="passages per training example (the others are distractors)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=facts_data_command)
+
+    p = commands.add_parser("facts-eval", help="accuracy of a run on the facts questions with no "
+                                               "retrieval, BM25 top-k passages and the oracle "
+                                               "passage; BM25 recall@k")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--questions", required=True, help="eval.jsonl of facts-data (question, "
+                                                      "answer, passage)")
+    p.add_argument("--passages", required=True, help="the passage folder (as for `rag`)")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default="", help="also write the JSON to this file")
+    p.set_defaults(func=facts_eval_command)
+
+
+def facts_data_command(args) -> None:
+    from foundations.config import ConfigError
+    from foundations.prompting.facts import write_facts
+    if min(args.train_entities, args.heldout_entities, args.examples_per_entity,
+           args.max_passages) < 1 or args.max_passages > args.train_entities:
+        raise ConfigError("facts-data: entity and example counts must be >= 1, and "
+                          "--max-passages at most --train-entities")
+    paths = write_facts(args.out, args.train_entities, args.heldout_entities, args.seed,
+                        args.examples_per_entity, args.max_passages)
+    print(" ".join(str(p) for p in paths.values()))
+
+
+def facts_eval_command(args) -> None:
+    import json
+    import time
+    from pathlib import Path
+
+    from foundations.config import ConfigError
+    from foundations.post.data import read_jsonl
+    from foundations.prompting.facts import evaluate_facts
+    from foundations.prompting.rag import load_passages
+    from foundations.run import load_run
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1 (got {args.top_k})")
+    rows = read_jsonl(args.questions, ("question", "answer", "passage"))
+    passages = load_passages(args.passages)
+    run = load_run(args.run_dir)
+    start = time.perf_counter()
+    result = evaluate_facts(run.model, run.params, run.tokenizer, rows, passages, args.top_k,
+                            args.max_new_tokens)
+    result["eval_seconds"] = round(time.perf_counter() - start, 1)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    for condition in ("no_retrieval", "bm25", "oracle"):
+        r = result[condition]
+        print(f"{condition:>12}: {r['accuracy']:.3f} ({r['correct']}/{result['questions']}), "
+              f"95% CI [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+    print(f"BM25 recall@{args.top_k}: {result['recall_at_k']['accuracy']:.3f}")

@@ -15,13 +15,17 @@ from foundations.config import ConfigError
 from foundations.inference.complete import complete
 
 
-def majority_vote(answers: list[str | None]) -> str | None:
-    """The most frequent answer (None, no answer, does not vote); a tie goes to the answer that
-    came first among the samples, so the vote is deterministic. None when nobody answered."""
+def majority_vote(answers: list[str | None], prefer: str | None = None) -> str | None:
+    """The most frequent answer (None, no answer, does not vote); a tie goes to `prefer` when
+    it is one of the tied answers (the greedy answer: the vote then never loses a tie that
+    greedy decoding would win), else to the answer that came first among the samples, so the
+    vote is deterministic. None when nobody answered."""
     counts = Counter(a for a in answers if a is not None)
     if not counts:
         return None
     best = max(counts.values())
+    if prefer is not None and counts.get(prefer) == best:
+        return prefer
     return next(a for a in answers if a is not None and counts[a] == best)
 
 
@@ -40,10 +44,11 @@ def self_consistency(model, params, tokenizer, prompt: str, extract: Callable[[s
 def answer_questions(model, params, tokenizer, prompts: list[str],
                      extract: Callable[[str], str | None], samples: int = 1,
                      temperature: float = 0.0, max_new_tokens: int = 16, seed: int = 0,
-                     batch_size: int = 256, **sampling
-                     ) -> tuple[list[str | None], list[list[str | None]]]:
+                     batch_size: int = 256, prefer: list[str | None] | None = None,
+                     **sampling) -> tuple[list[str | None], list[list[str | None]]]:
     """(each prompt's voted answer, each prompt's sampled answers): `samples` completions per
-    prompt, batch_size rows at a time; samples=1 at temperature 0 is greedy decoding."""
+    prompt, batch_size rows at a time; samples=1 at temperature 0 is greedy decoding.
+    `prefer`: an answer per prompt that wins its vote's ties (e.g. the greedy answers)."""
     rows = [p for p in prompts for _ in range(samples)]
     texts = []
     for i in range(0, len(rows), batch_size):
@@ -51,4 +56,7 @@ def answer_questions(model, params, tokenizer, prompts: list[str],
                           temperature, seed + i, **sampling)
     answers = [[extract(t) for t in texts[i:i + samples]]
                for i in range(0, len(texts), samples)]
-    return [majority_vote(a) for a in answers], answers
+    if prefer is not None and len(prefer) != len(prompts):
+        raise ValueError(f"{len(prefer)} preferred answers for {len(prompts)} prompts")
+    prefer = prefer if prefer is not None else [None] * len(answers)
+    return [majority_vote(a, p) for a, p in zip(answers, prefer)], answers
