@@ -462,11 +462,9 @@ def writing(run_dir: str | Path, log=print):
             lock = RunLock(run_dir, log)
         except RunInUse as e:
             refused = e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        if multihost_utils.broadcast_one_to_all(np.int32(refused is not None)) and not refused:
-            refused = RunInUse(f"run directory {run_dir} is in use (process 0 found its lock "
-                               "held)")
+    if jax.process_count() > 1:   # every process takes part in the broadcast
+        shared = _refusal_of_process_0(refused)
+        refused = refused or shared
     if refused is not None:
         raise refused
     try:
@@ -474,3 +472,14 @@ def writing(run_dir: str | Path, log=print):
     finally:
         if lock is not None:
             lock.release()
+
+
+def _refusal_of_process_0(refused: RunInUse | None, limit: int = 4096) -> RunInUse | None:
+    """Process 0's refusal (its message, naming the holder), given to every process of a
+    multi-host run as bytes in one broadcast, so that each exits with the same line."""
+    from jax.experimental import multihost_utils
+    text = np.zeros(limit, np.uint8)
+    message = str(refused or "").encode()[:limit]
+    text[:len(message)] = np.frombuffer(message, np.uint8)
+    message = bytes(np.asarray(multihost_utils.broadcast_one_to_all(text))).rstrip(b"\0")
+    return RunInUse(message.decode(errors="replace")) if message else None

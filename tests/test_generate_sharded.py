@@ -1,5 +1,6 @@
 """Generation sharded over a data x tensor mesh of simulated CPU devices (tests/conftest.py asks
-for 8) writes the same tokens as on one device, for a GQA decoder and T5."""
+for 8) writes the same tokens as on one device, for a GQA decoder and T5, and for prefix- and
+prompt-tuned runs (load_run applies their adapters)."""
 
 from pathlib import Path
 
@@ -56,3 +57,53 @@ def test_generate_command_on_a_mesh_writes_what_one_device_writes(tmp_path, caps
     single = capsys.readouterr().out
     assert main(args + ["--override", "mesh.data=2", "--override", "mesh.tensor=2"]) == 0
     assert capsys.readouterr().out == single
+
+
+ADAPTER_RUNS = {   # the model of tests/test_adapter_runs.py; adapters written, not trained
+    "prefix": ["model.num_kv_heads=2", "model.positions.kind=rope", "prefix_tuning.num_tokens=3"],
+    "prompt": ["prompt_tuning.num_tokens=5"],
+}
+
+
+def written_adapter_run(run_dir, method):
+    """A run whose checkpoint holds random adapters of `method` only (its base: the random init
+    of train.seed, as post-training draws it), as load_run reads a tuned run."""
+    from foundations.config import load_config
+    from foundations.run import write_run
+    config = load_config(None, ["model.num_layers=2", "model.d_model=32", "model.num_heads=4",
+                                "model.max_seq_len=64", "data.seq_len=32", "model.init_std=0.3",
+                                *ADAPTER_RUNS[method]])
+    m, rng = config.model, np.random.default_rng(0)
+    if method == "prefix":
+        shape = (m.num_layers, 3, m.num_kv_heads, m.d_model // m.num_heads)
+        adapters = {"prefix": {"blocks": {"attention": {
+            name: rng.normal(0, 1, shape).astype(np.float32)
+            for name in ("prefix_key", "prefix_value")}}}}
+    else:
+        adapters = {"prompt": rng.normal(0, 1, (5, m.d_model)).astype(np.float32)}
+    return write_run(run_dir, config, adapters)
+
+
+@pytest.mark.parametrize("method", list(ADAPTER_RUNS))
+def test_an_adapter_run_generates_on_a_mesh_what_one_device_does(mesh, method, tmp_path):
+    """A prefix- or prompt-tuned run restored onto data 2 x tensor 2 (as `generate --override
+    mesh.*` restores it) decodes greedily the tokens it decodes on one device; without its
+    adapters the base decodes others (so they were applied on the mesh too)."""
+    from foundations.run import load_run
+    run_dir = written_adapter_run(tmp_path / "run", method)
+    run = load_run(run_dir)
+    kwargs = dict(attention_mask=PROMPTS > 0, max_new_tokens=6,
+                  vocab_size=run.tokenizer.vocab_size)
+    single = generate(run.model, run.params, PROMPTS, **kwargs)
+    on_mesh = load_run(run_dir, ["mesh.data=2", "mesh.tensor=2"], single_device=False)
+    np.testing.assert_array_equal(
+        generate(on_mesh.model, on_mesh.params, PROMPTS, mesh=on_mesh.mesh, **kwargs), single)
+    assert dict(on_mesh.mesh.shape) == dict(mesh.shape)
+    if method == "prefix":   # the base alone: the attention layers without their prefixes
+        attention = {k: v for k, v in run.params["blocks"]["attention"].items()
+                     if not k.startswith("prefix_")}
+        base = run.model, {**run.params, "blocks": {**run.params["blocks"],
+                                                    "attention": attention}}
+    else:                    # the base alone: no soft prompt before the text
+        base = run.model.clone(soft_prompt=0), run.params
+    assert not np.array_equal(generate(*base, PROMPTS, **kwargs), single)

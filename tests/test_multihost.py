@@ -1,12 +1,15 @@
 """Multi-host training with real processes: 2 processes x 4 CPU devices (gloo) reach the same
 losses as 1 process x 8 devices, on the whole mesh or a smaller one; a mesh that cannot split over
 the processes is one line from each; when one process dies the other stops within a bounded
-time."""
+time; process 0 alone holds the run directory's lock, and a second run on it is refused by
+every process."""
 
 import functools
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from jax.sharding import Mesh
 from foundations.config import ConfigError, DistributedConfig, MeshConfig, load_config
 from foundations.parallel.distributed import explicit_settings
 from foundations.parallel.mesh import MESH_AXES, feeds_own_rows, make_mesh
+from foundations.run import LOCK
 from foundations.train.loop import train
 from foundations.train.metrics import read_metrics
 
@@ -230,6 +234,53 @@ def test_a_dead_process_stops_the_others(corpus, tmp_path):
     assert waited < 60, f"the surviving process took {waited:.0f}s to stop"
     assert "another task died" in output and "stopped sending heartbeats" in output
     assert "[launch] process 0 failed" in output and "[launch] process 1 failed" in output
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: int = 180) -> None:
+    """Waits until `ready()`, the launcher ends or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.5)
+
+
+@pytest.mark.slow  # real processes
+def test_a_two_process_run_has_one_writer(corpus, tmp_path):
+    """Process 0 alone takes RUN/.lock (it names process 0's pid), so the run does not refuse
+    itself; a second 2-process run on the same directory is refused by each of its processes in
+    one line naming that holder (exit 2, nothing trained); the first then stops on SIGTERM with a
+    checkpoint and leaves the lock free."""
+    config_file = write_config(tmp_path / "tiny.yaml", corpus, steps=100_000)
+    run_dir = tmp_path / "run"
+    first_log = tmp_path / "first.log"
+    first = launch(first_log, 2, config_file, "--run-dir", str(run_dir))
+    try:
+        wait_for(first, lambda: "[0] model:" in first_log.read_text())
+        output = first_log.read_text()
+        assert "[0] model:" in output, output[-3000:]
+        pids = [int(pid) for pid in re.findall(r"\[launch\] process \d: pid (\d+)", output)]
+        holder = json.loads((run_dir / LOCK).read_text())
+        assert (holder["pid"], holder["host"]) == (pids[0], socket.gethostname())
+        assert [p.name for p in run_dir.glob(LOCK + "*")] == [LOCK]
+        second = launch(tmp_path / "launch.log", 2, config_file, "--run-dir", str(run_dir))
+        status, refused = wait(second, tmp_path, timeout=180)
+        wait_for(first, lambda: (run_dir / "metrics.jsonl").is_file())   # in the training loop
+        for pid in pids:   # pre-empted: both stop after the same step, with a checkpoint
+            os.kill(pid, signal.SIGTERM)
+        first.wait(timeout=180)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert status == 2 and "Traceback" not in refused and "model:" not in refused, refused[-3000:]
+    for i in (0, 1):   # (gloo's own lines, printed in pieces, may come before it on its line)
+        errors = [line.split("foundations train: error: ")[1] for line in refused.splitlines()
+                  if line.startswith(f"[{i}] ") and "foundations train: error: " in line]
+        assert len(errors) == 1, refused[-3000:]
+        assert errors[0].startswith(f"run directory {run_dir} is in use by pid {pids[0]} on "
+                                    f"host {socket.gethostname()} since 20"), errors[0]
+    output = first_log.read_text()
+    assert first.returncode == 0, output[-3000:]
+    assert "[0] foundations train: stopped after step" in output, output[-3000:]
+    assert (run_dir / LOCK).read_text() == ""   # released
 
 
 def test_distributed_settings_from_config_and_environment(monkeypatch):

@@ -23,10 +23,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from foundations.config import UNROLL_ALL_LAYERS, ConfigError
 from foundations.inference.beam import beam_search
 from foundations.inference.sampling import choose, process_logits
+from foundations.models.adapters import prefix_specs, with_prefix
 from foundations.models.decoder import Decoder, per_layer_params
 from foundations.models.encdec import EncoderDecoder
 from foundations.parallel.mesh import RULES, batch_parallelism, check_divisible, logical_shardings
@@ -232,9 +234,18 @@ def _on_mesh(model, variables, ids, mask, mesh):
     out), and the prompts' rows, repeated up to a multiple of the batch axes, split over them."""
     example = (ids[:1], ids[:1, :1]) if isinstance(model, EncoderDecoder) else (ids[:1],)
     boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), *example)
-    shardings = logical_shardings(nn.get_partition_spec(boxed), mesh)
-    check_divisible(nn.unbox(boxed), shardings)
-    variables = jax.device_put({"params": variables["params"]}, {"params": shardings["params"]})
+    logical = nn.get_partition_spec(boxed)["params"]
+    params = variables["params"]
+    if "prefix_key" in params.get("blocks", {}).get("attention", {}):   # a prefix-tuned run:
+        logical = with_prefix(logical, prefix_specs())
+    if getattr(model, "soft_prompt", 0):   # a prompt-tuned run's V + P table rows need not
+        # divide by the tensor axis: the table (and an untied head) replicated over it
+        logical = jax.tree.map(lambda spec: PartitionSpec(*(None if axis == "vocab" else axis
+                                                            for axis in spec)),
+                               logical, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    shardings = logical_shardings(logical, mesh)
+    check_divisible(params, shardings)
+    variables = jax.device_put({"params": params}, {"params": shardings})
     ways = batch_parallelism(mesh)
     rows = -(-len(ids) // ways) * ways
     ids, mask = np.resize(ids, (rows, ids.shape[1])), np.resize(mask, (rows, ids.shape[1]))

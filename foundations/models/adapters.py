@@ -20,6 +20,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from foundations.config import ADAPTER_KEYS, adapter_settings
 
@@ -129,6 +130,16 @@ def prompt_inputs(tokens, positions, mask, segments, vocab_size: int, num_prompt
 
 
 # ------------------------------------------------------------------ prefix tuning
+
+PREFIX_AXES = ("layers", None, "kv_heads", "head_dim")   # of prefix_key and prefix_value
+
+
+def prefix_specs() -> dict:
+    """The logical PartitionSpecs of a prefix tree (with_prefix's `prefix`): laid out on a mesh
+    as the layer's keys and values are, by layer and kv head."""
+    spec = PartitionSpec(*PREFIX_AXES)
+    return {"blocks": {"attention": {"prefix_key": spec, "prefix_value": spec}}}
+
 
 def with_prefix(base: dict, prefix: dict) -> dict:
     """The base parameters with prefix tuning's {"blocks": {"attention": {"prefix_key",

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from foundations.models.adapters import PREFIX_AXES
+
 
 def _flat_shapes(shape, split):
     stacked, inputs = split
@@ -58,7 +60,7 @@ def init_prefix(rng, num_tokens: int, cfg) -> dict:
     """Prefix tuning (Li & Liang 2021): free keys and values (layers, P, kv_heads, head_dim)
     that every layer's attention reads before the sequence (models/adapters.py with_prefix)."""
     shape = (cfg.num_layers, num_tokens, cfg.num_kv_heads, cfg.head_dim)
-    names = ("layers", None, "kv_heads", "head_dim")
+    names = PREFIX_AXES
     std = cfg.init_std * cfg.d_model ** 0.5   # about the size of the tokens' own keys
     return {"blocks": {"attention": {
         name: nn.LogicallyPartitioned(jax.random.normal(jax.random.fold_in(rng, i), shape) * std,
