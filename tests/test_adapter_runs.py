@@ -38,6 +38,10 @@ METHODS = {
     "prompt": ["prompt_tuning.num_tokens=5"],
     "prefix": ["model.num_kv_heads=2", "model.positions.kind=rope", "prefix_tuning.num_tokens=3"],
 }
+# the quick loop (`pytest -m "not slow"`) runs prompt tuning; LoRA (a base run, then the adapter
+# run, then a merge) and prefix tuning are the long ones, and test_post_lora / test_post_prefix
+# keep them in the quick loop
+CASES = [m if m == "prompt" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
 PROMPTS = ["Q: 12+35= A: ", "Q: 7+8= A: ", "Q: 40+41= A: "]
 NEW = 6
 QUIET = {"log": lambda _: None}
@@ -97,7 +101,7 @@ def greedy(run, prompts) -> list[list[int]]:
     return rows
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CASES)
 def test_generate_on_the_adapter_run(method, data, tmp_path_factory, tmp_path, capsys):
     run_dir, trainer, params = adapter_run(method, data, tmp_path_factory)
     run = load_run(run_dir)
@@ -122,7 +126,7 @@ def test_generate_on_the_adapter_run(method, data, tmp_path_factory, tmp_path, c
         assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CASES)
 def test_eval_on_the_adapter_run(method, data, tmp_path_factory, tmp_path, capsys):
     run_dir, trainer, params = adapter_run(method, data, tmp_path_factory)
     run = load_run(run_dir)

@@ -11,6 +11,7 @@ from conftest import TINY
 from foundations.cli import main
 
 
+@pytest.mark.slow  # two models benchmarked; test_bench_without_plain_reference is quick
 def test_bench_reports_project_and_plain(capsys):
     start = time.perf_counter()
     assert main(["bench", "experiments/smoke.yaml", *TINY, "--steps", "2", "--rounds", "2",

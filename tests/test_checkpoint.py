@@ -41,6 +41,7 @@ def test_resume_reaches_exactly_the_uninterrupted_run(uninterrupted, tiny_config
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # two meshes of 8 devices, each compiled
 def test_checkpoint_from_8x1x1_restores_onto_2x2x2(uninterrupted, tiny_config, tmp_path):
     _, straight_dir = uninterrupted
     train(tiny_config("mesh.data=8"), tmp_path, progress=False, stop_at=3)

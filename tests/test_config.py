@@ -141,6 +141,7 @@ def test_a_config_of_the_previous_release_still_loads():
     assert cfg.data.train_files == ("shakespeare_60k.txt",)
 
 
+@pytest.mark.slow  # two trainings; test_a_config_of_the_previous_release_still_loads is quick
 def test_an_old_run_directory_resumes_and_evaluates(tiny_config, corpus, tmp_path):
     """A run directory whose config.yaml is in the old layout: eval reads it, train resumes."""
     from foundations.run import load_run

@@ -55,6 +55,7 @@ def base_run(tmp_path_factory, corpus):
     return run
 
 
+@pytest.mark.slow  # two trainings and the context-ppl command
 def test_a_warm_start_at_twice_the_length_trains_and_both_are_scored(base_run, tiny_config,
                                                                      corpus, tmp_path, capsys):
     extended = tmp_path / "linear_2x"

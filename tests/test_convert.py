@@ -237,6 +237,7 @@ def cli(*args) -> int:
     return main([str(a) for a in args])
 
 
+@pytest.mark.slow  # the end-to-end convert, eval, generate and train commands
 def test_cli_round_trip_eval_generate_and_init_from(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli("convert", "from-hf", DATA / "llama", "--run-dir", run) == 0

@@ -51,7 +51,10 @@ def data(corpus):
     return load_text_data(load_config(None, [f"data.train_files=[{corpus}]"]).data)
 
 
-@pytest.mark.parametrize("family", SHARDED)
+# bert in the quick loop; mixtral and t5 (each a long compile on 8 devices) are slow: test_moe
+# and the t5 tests below keep those families in the quick loop
+@pytest.mark.parametrize("family", [f if f == "bert" else pytest.param(f, marks=pytest.mark.slow)
+                                    for f in SHARDED])
 def test_family_trains_and_sharded_equals_unsharded(tiny_config, data, family):
     overrides, mesh_cfg = SHARDED[family]
     cfg = tiny_config(*FAST, *overrides)
@@ -85,7 +88,8 @@ def test_family_trains_and_sharded_equals_unsharded(tiny_config, data, family):
         assert after["mlm_accuracy"] > before["mlm_accuracy"] + 0.05, (before, after)
 
 
-@pytest.mark.parametrize("overrides", [ELECTRA, PREFIX], ids=["electra", "prefix_lm"])
+@pytest.mark.parametrize("overrides", [pytest.param(ELECTRA, marks=pytest.mark.slow), PREFIX],
+                         ids=["electra", "prefix_lm"])   # electra: the by-hand test below is quick
 def test_objective_trains(tiny_config, data, overrides):
     cfg = tiny_config(*FAST, *overrides)
     _, trainer = build(cfg, make_mesh(MeshConfig(), jax.devices()[:1]), data)

@@ -37,7 +37,8 @@ def test_chunked_cross_entropy_equals_optax_on_whole_logits():
 
 
 @pytest.mark.parametrize("tied,fast_path", [(True, "objective.loss_chunk_size=12"),
-                                             (False, "objective.loss_chunk_size=12"),
+                                             pytest.param(False, "objective.loss_chunk_size=12",
+                                                          marks=pytest.mark.slow),
                                              (True, "model.scan_unroll=2"),
                                              (True, "model.scan_unroll=0"),
                                              (True, "model.fuse_qkv=true")])

@@ -98,6 +98,7 @@ def test_bad_input_is_one_line():
         generate(encoder, params, PROMPTS)
 
 
+@pytest.mark.slow  # trains a T5 run and runs the generate command end to end
 def test_generate_command_streams_t5_and_refuses_an_encoder(tiny_config, tmp_path, capsys):
     from foundations.cli import main
     from foundations.config import save_config

@@ -47,7 +47,8 @@ def run(trainer, initial, rows):
     return metrics, jax.tree.map(np.asarray, state["params"])
 
 
-@pytest.mark.parametrize("overrides", [ELECTRA, PREFIX], ids=["electra", "prefix_lm"])
+@pytest.mark.parametrize("overrides", [pytest.param(ELECTRA, marks=pytest.mark.slow), PREFIX],
+                         ids=["electra", "prefix_lm"])   # electra: a long compile on 8 devices
 def test_objective_on_8_devices_equals_one_device(tiny_config, data, overrides):
     cfg = tiny_config(*FAST, *overrides, *WIDE_ENOUGH)
     rows = data.train_tokens[:8 * 17].reshape(8, 17)

@@ -177,6 +177,7 @@ def gae_runs(bandit, tmp_path_factory):
             "logged": logged}
 
 
+@pytest.mark.slow  # the GAE runs (a critic); the group test below is the quick one
 def test_ppo_raises_the_rewarded_answer_gae(gae_runs):
     run = gae_runs
     assert 0.2 < run["before"] < 0.8, run["before"]   # the SFT model answers both
@@ -255,6 +256,7 @@ def test_ppo_with_lora_keeps_the_reference_and_raises_the_answer(bandit):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(trainer.frozen), reference)
 
 
+@pytest.mark.slow  # needs the GAE runs and three more trainings
 def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(gae_runs, bandit):
     whole, parts = gae_runs["whole"], gae_runs["parts"]
     assert int(whole["step"]) == int(parts["step"]) == 5
@@ -267,6 +269,7 @@ def test_ppo_resumed_mid_run_equals_an_uninterrupted_run(gae_runs, bandit):
                  jax.device_get(whole["params"]["model"]))
 
 
+@pytest.mark.slow  # trains a reward model, then PPO on it
 def test_ppo_from_a_reward_model(bandit, tmp_path):
     """A reward run that prefers "a" to "b" scores the rollouts (bit-identical throughout), and
     its scores equal the reward model read on right-padded rows, as it was trained."""

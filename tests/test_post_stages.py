@@ -31,6 +31,7 @@ def copy(tree):
     return jax.tree.map(lambda x: x.copy(), tree)
 
 
+@pytest.mark.slow  # a long MoE compile; the token and flop counts below are quick
 def test_sft_step_on_experts_has_the_pretraining_steps_router_losses(addition):
     config = load_config("experiments/mixtral_tiny.yaml",
                          SMALL + [f"sft.train_file={addition['sft']}"])

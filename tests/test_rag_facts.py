@@ -79,6 +79,7 @@ def wilson(k, n, z=1.96):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+@pytest.mark.slow  # trains a run, then the facts-eval command end to end
 def test_facts_eval_runs_end_to_end(facts, tiny_config, tmp_path, capsys):
     from foundations.train.loop import train
     run = tmp_path / "run"
