@@ -5,7 +5,7 @@ first line, empty ones not voting, the majority winning and a tie going to the g
 
 import pytest
 
-from foundations.post.align import voted_answer
+from foundations.inference.complete import answer_line
 from foundations.prompting import consistency
 from foundations.prompting.consistency import answer_questions, majority_vote
 
@@ -26,8 +26,8 @@ def test_a_tie_goes_to_the_preferred_answer_when_it_is_tied():
 
 def test_empty_and_blank_answers_do_not_vote():
     texts = ["", " ", "\nQ: 1+1= A: 2", "47", "47 \nQ: 2+2=", " 46"]
-    assert [voted_answer(t) for t in texts] == [None, None, None, "47", "47", "46"]
-    assert majority_vote([voted_answer(t) for t in ["", "", "", "47"]]) == "47"
+    assert [answer_line(t) for t in texts] == [None, None, None, "47", "47", "46"]
+    assert majority_vote([answer_line(t) for t in ["", "", "", "47"]]) == "47"
 
 
 def test_answer_questions_breaks_each_prompts_tie_by_its_own_preference(monkeypatch):
@@ -43,12 +43,12 @@ def test_answer_questions_breaks_each_prompts_tie_by_its_own_preference(monkeypa
             out.append(sampled[r][i])
         return out
     monkeypatch.setattr(consistency, "complete", fake_complete)
-    voted, answers = answer_questions(None, None, None, ["a", "b"], voted_answer, samples=4,
+    voted, answers = answer_questions(None, None, None, ["a", "b"], answer_line, samples=4,
                                       temperature=0.5, prefer=["2", "4"])
     assert answers == [["1", "2", "2", "1"], ["3", None, None, "4"]]
     assert voted == ["2", "4"]
-    assert answer_questions(None, None, None, ["a", "b"], voted_answer, samples=4,
+    assert answer_questions(None, None, None, ["a", "b"], answer_line, samples=4,
                             temperature=0.5)[0] == ["1", "3"]
     with pytest.raises(ValueError, match="preferred answers"):
-        answer_questions(None, None, None, ["a", "b"], voted_answer, samples=4,
+        answer_questions(None, None, None, ["a", "b"], answer_line, samples=4,
                          temperature=0.5, prefer=["2"])

@@ -46,3 +46,9 @@ def complete(model, params, tokenizer, prompts: list[str], max_new_tokens: int,
                 row = row[:row.index(eos)]
             texts.append(tokenizer.decode(row))
     return texts
+
+
+def answer_line(text: str) -> str | None:
+    """A completion's answer as exact match and votes read it: its first line without
+    surrounding whitespace (what follows is the next example); None when that is empty."""
+    return text.split("\n", 1)[0].strip() or None

@@ -244,16 +244,11 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0]
 
 
-def voted_answer(text: str) -> str | None:
-    """A sample's answer as self-consistency votes on it: its first line without surrounding
-    whitespace; None (no vote) when that is empty."""
-    return first_line(text).strip() or None
-
-
 def prompting_accuracy(config: AlignConfig, run: Path, data: dict[str, Path]) -> dict:
     """Self-consistency (k samples at temperature, majority vote on the answer's first line,
     ties to the greedy answer, empty answers not voting) and
     greedy few-shot accuracy of a run on the held-out problems, with the run's sft.template."""
+    from foundations.inference.complete import answer_line
     from foundations.post.data import read_jsonl
     from foundations.prompting.consistency import answer_questions
     from foundations.prompting.fewshot import Example, Template, few_shot_prompt
@@ -272,8 +267,8 @@ def prompting_accuracy(config: AlignConfig, run: Path, data: dict[str, Path]) ->
     sc, tokens = config.self_consistency, config.task.max_new_tokens
     model = (loaded.model, loaded.params, loaded.tokenizer)
     # the vote's ties go to the greedy answer: a tie that greedy decoding would win is not lost
-    greedy, _ = answer_questions(*model, zero, voted_answer, max_new_tokens=tokens)
-    voted, _ = answer_questions(*model, zero, voted_answer, samples=sc.k,
+    greedy, _ = answer_questions(*model, zero, answer_line, max_new_tokens=tokens)
+    voted, _ = answer_questions(*model, zero, answer_line, samples=sc.k,
                                 temperature=sc.temperature, max_new_tokens=tokens,
                                 seed=config.task.seed, prefer=greedy)
     shot, _ = answer_questions(*model, few, first_line, max_new_tokens=tokens)

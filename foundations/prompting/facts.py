@@ -118,16 +118,11 @@ def write_facts(out_dir: str | Path, train: int = 2000, heldout: int = 200, seed
     return paths
 
 
-def first_line(text: str) -> str:
-    """A completion's answer: its first line, stripped (what follows is the next example)."""
-    return text.strip().split("\n", 1)[0].strip()
-
-
 def evaluate_facts(model, params, tokenizer, rows: list[dict], passages: list[Passage],
                    top_k: int = 1, max_new_tokens: int = 12, batch_size: int = 64) -> dict:
     """Exact-match accuracy (with a 95% Wilson interval) of greedy answers to `rows` with no
     passage, with the BM25 top_k passages and with the oracle passage; and BM25's recall@k."""
-    from foundations.inference.complete import complete
+    from foundations.inference.complete import answer_line, complete
     from foundations.prompting.rag import Retriever
     from foundations.scaling.probe import wilson_interval
     retriever = Retriever(passages)
@@ -144,7 +139,7 @@ def evaluate_facts(model, params, tokenizer, rows: list[dict], passages: list[Pa
     for condition, texts in prompts.items():
         answers = complete(model, params, tokenizer, texts, max_new_tokens,
                            batch_size=batch_size)
-        result[condition] = share(sum(first_line(a) == r["answer"]
+        result[condition] = share(sum(answer_line(a) == r["answer"]
                                       for a, r in zip(answers, rows)))
     found = sum(any(p.text == r["passage"] for p in ps) for r, ps in zip(rows, retrieved))
     result["recall_at_k"] = share(found)
