@@ -33,7 +33,11 @@ def main() -> None:
             0, 256, (config.train.batch_size, config.data.seq_len + 1)).astype(np.int32)
         trainer, _, compile_s, run = project_step(config, rows)
         runs[name] = (compile_s, run)
-    compiled, compile_s, run, _ = plain_reference(config)
+    reference = plain_reference(config)
+    if reference is None:
+        raise SystemExit(f"{args.config}: not a GPT-2 shape the plain step can stand in for "
+                         "(foundations/train/bench.py plain_reference)")
+    _, compile_s, run, _ = reference
     runs["plain"] = (compile_s, run)
     times = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
